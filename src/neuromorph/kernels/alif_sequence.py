@@ -9,7 +9,7 @@ as in IGITUGraz/LSNN-official, in a buffer of *future* input currents: at step `
     I(t) = external(t) + pending(t)
     (z(t), state(t)) = alif_step(I(t), state(t-1))
 
-Two implementations with the same numerics:
+Three implementations with the same numerics:
 
 ``reference``
     A literal per-step loop over :func:`neuromorph.neurons.alif.alif_step` under autograd. Slow
@@ -21,6 +21,10 @@ Two implementations with the same numerics:
     hand-derived BPTT below. About 5x faster on CPU for LSNN-sized layers. Gradients flow to the
     external current and the recurrent weights; the initial state is treated as a constant
     (``dispatch`` falls back to ``reference`` when a state tensor requires grad).
+``native``
+    The fused algorithm in plain C (``cpu_native.py``, built on first use), event-driven over spikes:
+    CPU only, the same operations as ``fused`` (bit-identical spikes in float32). ``auto`` prefers it
+    on CPU.
 
 Backward of the fused path (adjoints ``g``; ``psi`` the pseudo-derivative, ``m`` the not-refractory
 mask, ``s(t) = (v(t-1) - A(t)) / A(t)``):
@@ -42,8 +46,9 @@ from typing import NamedTuple
 import torch
 
 from ..neurons.alif import ALIFParameters, ALIFState, alif_step
+from . import cpu_native
 
-__all__ = ["SequenceResult", "alif_sequence", "alif_sequence_reference", "alif_sequence_fused"]
+__all__ = ["SequenceResult", "alif_sequence", "alif_sequence_reference", "alif_sequence_fused", "alif_sequence_native"]
 
 
 class SequenceResult(NamedTuple):
@@ -231,7 +236,54 @@ def alif_sequence_fused(
     return SequenceResult(z, v_seq, a_seq, ALIFState(v=v, z=z_last.detach(), b=b, refractory=r), fut)
 
 
-IMPLEMENTATIONS = ("auto", "reference", "fused")
+def alif_sequence_native(
+    external: torch.Tensor,
+    w_rec: torch.Tensor,
+    state: ALIFState,
+    pending: torch.Tensor,
+    p: ALIFParameters,
+) -> SequenceResult:
+    """The fused algorithm in C (``cpu_native.NativeALIF``): CPU only, float32/float64; same arguments,
+    numerics and gradients (external current, recurrent weights) as :func:`alif_sequence_fused`."""
+    if not cpu_native.available():
+        raise RuntimeError(f"native CPU kernels unavailable: {cpu_native.unavailable_reason()}")
+    if not _native_supported(external, w_rec, state, pending):
+        raise ValueError("impl='native' needs CPU tensors of one dtype, float32 or float64")
+    n = external.shape[-1]
+    n_delay = w_rec.shape[0]
+    w_all = w_rec.permute(1, 0, 2).reshape(n, n_delay * n)
+    alpha, rho = _decays(p, external)
+    like = external.new_ones(n)
+    beta = like * torch.as_tensor(p.beta, dtype=external.dtype, device=external.device)
+    thr = like * torch.as_tensor(p.threshold, dtype=external.dtype, device=external.device)
+    alpha, rho = like * alpha, like * rho
+    z, v_seq, a_seq, v, z_last, b, r, fut = cpu_native.NativeALIF.apply(
+        external,
+        w_all,
+        state.v.detach(),
+        state.z.detach(),
+        state.b.detach(),
+        state.refractory.detach(),
+        pending.detach(),
+        alpha,
+        rho,
+        beta,
+        thr,
+        int(p.n_refractory),
+        float(p.dt),
+        p.surrogate,
+    )
+    return SequenceResult(z, v_seq, a_seq, ALIFState(v=v, z=z_last.detach(), b=b, refractory=r), fut)
+
+
+def _native_supported(external: torch.Tensor, w_rec: torch.Tensor, state: ALIFState, pending: torch.Tensor) -> bool:
+    tensors = (external, w_rec, *state, pending)
+    return external.dtype in (torch.float32, torch.float64) and all(
+        t.device.type == "cpu" and t.dtype == external.dtype for t in tensors
+    )
+
+
+IMPLEMENTATIONS = ("auto", "reference", "fused", "native")
 
 
 def alif_sequence(
@@ -242,10 +294,10 @@ def alif_sequence(
     p: ALIFParameters,
     impl: str = "auto",
 ) -> SequenceResult:
-    """Run the population over ``external`` ``[T + D, B, N]`` (layout: see the reference).
-
-    ``impl="auto"`` takes the fused path unless gradients must reach the initial state or pending
-    currents (then the reference)."""
+    """Run the population over ``external`` ``[T + D, B, N]`` (see the reference for the layout).
+    ``impl="auto"`` takes the reference when gradients must reach the initial state or pending
+    currents; else the native C path (``cpu_native``) for CPU tensors when it is available; else the
+    fused path."""
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
     needs_state_grad = any(t.requires_grad for t in (*state, pending)) or any(
@@ -253,4 +305,8 @@ def alif_sequence(
     )
     if impl == "reference" or (impl == "auto" and needs_state_grad):
         return alif_sequence_reference(external, w_rec, state, pending, p)
+    if impl == "native" or (
+        impl == "auto" and _native_supported(external, w_rec, state, pending) and cpu_native.available()
+    ):
+        return alif_sequence_native(external, w_rec, state, pending, p)
     return alif_sequence_fused(external, w_rec, state, pending, p)

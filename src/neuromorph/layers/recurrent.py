@@ -27,6 +27,7 @@ from torch import nn
 
 from .. import _validate
 from ..families import ADAPTATION, TAUS, THRESHOLDS, WEIGHTS
+from ..kernels import cpu_native
 from ..kernels.alif_sequence import IMPLEMENTATIONS, alif_sequence
 from ..neurons.alif import ALIFParameters, ALIFState, alif_initial_state
 from ..spikes import Surrogate, Triangle
@@ -209,6 +210,16 @@ class RecurrentSpikingLayer(nn.Module):
         """Input current with input delays resolved: ``[T + D, B, N]`` (the last D rows spill over)."""
         n_steps, batch, _ = x.shape
         d = self.n_delay
+        if (
+            self.impl in ("auto", "native")
+            and x.device.type == "cpu"
+            and self.w_in.device.type == "cpu"
+            and x.dtype == self.w_in.dtype
+            and x.dtype in (torch.float32, torch.float64)
+            and not x.requires_grad
+            and cpu_native.available()
+        ):  # event-driven over the non-zero inputs, in C; no gradient to x
+            return cpu_native.NativeDelayedInput.apply(x, self.w_in, self.in_delay, d)
         if d == 1:
             current = x @ self.w_in
             return torch.cat([current, current.new_zeros(1, batch, self.n)])

@@ -1,0 +1,170 @@
+"""Store-recall recipe through the real CLI on tiny configs (the --quick numbers: docs/lsnn.md)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from neuromorph.cli import main
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(x).items() if k != "time"} for x in lines]
+
+
+def _run(args):
+    return main(["run", "store-recall", "--quick", "--no-progress", *args])
+
+
+def test_quick_writes_results_plots_and_report(tmp_path, tiny_store_recall, capsys):
+    out = tmp_path / "run"
+    assert _run([*tiny_store_recall, "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    for key in ("lsnn_recall_error", "lif_recall_error", "iterations", "seconds"):
+        assert key in results
+    assert 0.0 <= results["lsnn_recall_error"] <= 1.0 and 0.0 <= results["lif_recall_error"] <= 1.0
+    assert results["iterations"] == 6 and results["seconds"] > 0
+    for name in ("learning_curve.png", "raster.png", "recall_error.png", "report.html", "config.yaml"):
+        assert (out / name).stat().st_size > 0, name
+    assert "data:image/png;base64" in (out / "report.html").read_text()
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == list(range(1, 13))  # 6 LSNN + 6 LIF iterations
+    assert any(p.name.startswith("events") for p in (out / "tb").rglob("*"))  # TensorBoard
+
+
+def test_seed_fixes_every_draw(tmp_path, tiny_store_recall):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _run([*tiny_store_recall, "--seed", "3", "--out", str(a)]) == 0
+    assert _run([*tiny_store_recall, "--seed", "3", "--out", str(b)]) == 0
+    for name in ("lsnn.safetensors", "lif.safetensors"):
+        ta, tb = load_file(str(a / name)), load_file(str(b / name))
+        assert all((ta[k] == tb[k]).all() for k in ta)
+    assert _metrics(a) == _metrics(b)
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, tiny_store_recall):
+    args = [*tiny_store_recall, "--set", "iterations=12", "--set", "checkpoint_every=1", "--seed", "5"]
+    ref = tmp_path / "ref"
+    assert _run([*args, "--out", str(ref)]) == 0
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "neuromorph.cli", "run", "store-recall", "--quick", "--no-progress", *args]
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    ckpt = killed / "checkpoint.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if ckpt.exists():
+            try:
+                if json.loads(ckpt.read_text())["step"] >= 5:
+                    break
+            except (json.JSONDecodeError, KeyError):
+                pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.communicate()[1][-2000:]}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "results.json").exists()
+
+    assert main(["run", "--resume", str(killed), "--no-progress"]) == 0
+    for name in ("lsnn.safetensors", "lif.safetensors"):
+        ta, tb = load_file(str(ref / name)), load_file(str(killed / name))
+        assert ta.keys() == tb.keys()
+        for k in ta:
+            assert (ta[k] == tb[k]).all(), f"{name}:{k} differs after resume"
+    assert _metrics(ref) == _metrics(killed)
+    r1, r2 = json.loads((ref / "results.json").read_text()), json.loads((killed / "results.json").read_text())
+    assert (
+        r1["lsnn_recall_error"] == r2["lsnn_recall_error"]
+        and r1["lif_recall_error"] == r2["lif_recall_error"]
+    )
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_store_recall):
+    out = tmp_path / "run"
+    args = [*tiny_store_recall, "--set", "iterations=400", "--set", "checkpoint_every=1000"]
+    cmd = [sys.executable, "-m", "neuromorph.cli", "run", "store-recall", "--quick", "--no-progress", *args]
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "--resume" in err
+    assert json.loads((out / "checkpoint.json").read_text())["step"] >= 1
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["run", "no-such-recipe"], "known recipes: smnist, store-recall"),
+        (["run", "store-recall", "--set", "no_such_key=1"], "valid keys:"),
+        (["run", "store-recall", "--set", "iterations=abc"], "iterations"),
+        (["run", "store-recall", "--set", "iterations=0"], "iterations must be >= 1"),
+        (["run", "store-recall", "--set", "variants=[lsnn,xyz]"], "variants"),
+        (["run", "store-recall", "--device", "tpu"], "--device"),
+        (["run"], "RECIPE"),
+    ],
+)
+def test_bad_input_is_a_clear_error(args, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_resume_of_missing_or_corrupt_run_changes_nothing(tmp_path, capsys, tiny_store_recall):
+    assert main(["run", "--resume", str(tmp_path / "nope")]) == 2
+    assert "--resume" in capsys.readouterr().err
+    out = tmp_path / "run"
+    assert _run([*tiny_store_recall, "--out", str(out)]) == 0
+    ckpt = out / "checkpoint.json"
+    ckpt.write_text("{ corrupt")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert main(["run", "--resume", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert before == {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    # An existing run is never overwritten by --out either.
+    assert _run([*tiny_store_recall, "--out", str(out)]) == 2
+    assert before == {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+
+def test_report_command_rebuilds_the_report(tmp_path, tiny_store_recall, capsys):
+    out = tmp_path / "run"
+    assert _run([*tiny_store_recall, "--out", str(out)]) == 0
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.html").exists()
+
+
+@pytest.mark.slow
+def test_trains_under_torchrun_ddp(tmp_path, tiny_store_recall):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "neuromorph.cli", "run", "store-recall", "--quick", "--no-progress", *tiny_store_recall,
+           "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["processes"] == 2 and results["iterations"] == 6
+
+
+def test_package_entry_point_is_installed():
+    exe = Path(sys.executable).parent / "neuromorph"
+    proc = subprocess.run([str(exe), "list"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "store-recall" in proc.stdout and "smnist" in proc.stdout
