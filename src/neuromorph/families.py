@@ -34,9 +34,15 @@ FAMILIES = (WEIGHTS, BIASES, THRESHOLDS, TAUS, ADAPTATION)
 
 
 def tensors_of_family(module: nn.Module, family: str) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(qualified_name, tensor)`` for every parameter or buffer of ``family`` in ``module``."""
+    """Iterate ``(qualified_name, tensor)`` over every parameter or buffer of ``family`` in ``module``.
+
+    An unknown ``family`` raises at the call, not at the first ``next()``."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    return _iter_family(module, family)
+
+
+def _iter_family(module: nn.Module, family: str) -> Iterator[tuple[str, torch.Tensor]]:
     for prefix, sub in module.named_modules():
         for name, fam in getattr(type(sub), "families", {}).items():
             if fam != family:

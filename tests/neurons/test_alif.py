@@ -29,7 +29,9 @@ def _t(values) -> torch.Tensor:
 # Neuron 0 spikes (v above its adaptive threshold), neuron 1 spiked last step and is refractory although
 # its voltage is above threshold (it also gets the soft reset), neuron 2 stays below threshold.
 P_HAND = ALIFParameters(tau_mem=10.0, tau_adapt=50.0, beta=0.8, threshold=0.5, n_refractory=2, dt=1.0)
-STATE_HAND = ALIFState(v=_t([0.9, 1.2, 0.3]), z=_t([0.0, 1.0, 0.0]), b=_t([0.1, 0.2, 0.05]), refractory=_t([0, 2, 0]))
+STATE_HAND = ALIFState(
+    v=_t([0.9, 1.2, 0.3]), z=_t([0.0, 1.0, 0.0]), b=_t([0.1, 0.2, 0.05]), refractory=_t([0, 2, 0])
+)
 I_HAND = _t([0.4, -0.2, 1.0])
 
 ALPHA = math.exp(-1.0 / 10.0)
@@ -52,7 +54,9 @@ def test_one_step_by_hand():
         ALPHA * 0.3 + (1 - ALPHA) * 1.0,
     ]
     assert new.v[0].tolist() == pytest.approx(want_v, rel=1e-14)
-    assert new.v[0].tolist() == pytest.approx([0.8524187090179798, 0.3940995361666668, 0.36661380737482835], rel=1e-6)
+    assert new.v[0].tolist() == pytest.approx(
+        [0.8524187090179798, 0.3940995361666668, 0.36661380737482835], rel=1e-6
+    )
     # adaptive threshold differs from b0 and is b0 + beta * b
     a = adaptive_threshold(new.b, P_HAND)
     assert a[0].tolist() == pytest.approx(A_NEW, rel=1e-15)

@@ -39,7 +39,9 @@ def test_one_step_by_hand():
         ALPHA * 0.3 + (1 - ALPHA) * 1.0,
     ]
     assert new.v[0].tolist() == pytest.approx(want_v, rel=1e-14)
-    assert new.v[0].tolist() == pytest.approx([0.8524187090179798, 0.5667723852503435, 0.36661380737482835], rel=1e-12)
+    assert new.v[0].tolist() == pytest.approx(
+        [0.8524187090179798, 0.5667723852503435, 0.36661380737482835], rel=1e-12
+    )
 
 
 def test_one_step_gradient_by_hand():

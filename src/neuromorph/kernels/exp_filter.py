@@ -39,7 +39,7 @@ def exp_filter(x: torch.Tensor, kappa: float | torch.Tensor, y0: torch.Tensor | 
     """Filter ``x`` ``[T, ...]`` along time with decay ``kappa`` (float or tensor broadcastable to
     ``x[0]``); ``y0`` is the filter state before the first step (zeros by default)."""
     kappa_t = torch.as_tensor(kappa, dtype=x.dtype, device=x.device)
-    if bool(((kappa_t < 0) | (kappa_t >= 1)).any()):
+    if not bool(((kappa_t >= 0) & (kappa_t < 1)).all()):  # written so that NaN is rejected too
         raise ValueError(f"kappa must lie in [0, 1), got {kappa}")
     kappa_t = kappa_t.expand_as(x[0]).contiguous()
     if y0 is None:
