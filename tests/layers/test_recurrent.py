@@ -235,18 +235,42 @@ def test_impls_agree(impl):
     torch.testing.assert_close(got.v, want.v, rtol=0, atol=1e-12)
 
 
-def test_state_detach():
-    layer = _layer(n_in=3, n_delay=3, impl="reference")
+@pytest.mark.parametrize("impl", ["reference", "fused", "auto"])
+def test_returned_state_is_detached_for_every_impl(impl):
+    # Gradients stop at call boundaries whatever the implementation (truncated BPTT, as the official code).
+    layer = _layer(n_in=3, n_delay=3, impl=impl)
     x = _spikes(10, 2, 3, p=0.5).requires_grad_()
-    _, state = layer(x)
-    assert state.neurons.v.requires_grad and state.pending.requires_grad
+    z, state = layer(x)
+    assert z.requires_grad
+    for t in (*state.neurons, state.pending):
+        assert not t.requires_grad
     detached = state.detach()
     assert isinstance(detached, RecurrentState) and isinstance(detached.neurons, ALIFState)
     for a, b in zip((*detached.neurons, detached.pending), (*state.neurons, state.pending), strict=True):
-        assert not a.requires_grad
         assert torch.equal(a, b)
     z, _ = layer(x, detached)  # usable as the next chunk's state
     assert z.shape == (10, 2, 4)
+
+
+def test_gradient_reaches_an_initial_state_that_requires_grad():
+    layer = _layer(n_in=3, n_delay=3, impl="auto")
+    x = _spikes(10, 2, 3, p=0.5)
+    state = layer.initial_state(2, dtype=torch.float64)
+    v0 = (torch.rand(2, 4, dtype=torch.float64) * 0.05).requires_grad_()
+    z, _ = layer(x, RecurrentState(state.neurons._replace(v=v0), state.pending))
+    (z * torch.arange(40, dtype=torch.float64).view(10, 1, 4)).sum().backward()
+    assert v0.grad is not None and v0.grad.abs().sum() > 0
+
+
+def test_trace_voltages_carry_gradients_in_grad_mode():
+    layer = _layer(n_in=3, n_delay=2, impl="auto")
+    x = _spikes(10, 2, 3, p=0.5)
+    trace, _ = layer.trace(x)
+    trace.v.sum().backward()
+    assert layer.w_in.grad is not None and layer.w_in.grad.abs().sum() > 0
+    with torch.no_grad():
+        fast, _ = layer.trace(x)
+    assert torch.equal(fast.z, trace.z)
 
 
 def test_initial_state_shapes():

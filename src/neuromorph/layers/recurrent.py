@@ -230,10 +230,7 @@ class RecurrentSpikingLayer(nn.Module):
             current[k : k + n_steps] += y_k
         return current
 
-    def trace(
-        self, x: torch.Tensor, state: RecurrentState | None = None
-    ) -> tuple[SpikeTrace, RecurrentState]:
-        """Run over ``x`` ``[T, B, n_in]``; return spikes, voltages, thresholds and the final state."""
+    def _run(self, x: torch.Tensor, state: RecurrentState | None, impl: str):
         _validate.sequence("x", x, self.n_in)
         if state is None:
             state = self.initial_state(x.shape[1], device=x.device, dtype=x.dtype)
@@ -241,21 +238,30 @@ class RecurrentSpikingLayer(nn.Module):
             self._check_state(state, x.shape[1])
         w_rec = self._delayed(self.effective_w_rec(), self.rec_delay)
         out = alif_sequence(
-            self.external_current(x),
-            w_rec,
-            state.neurons,
-            state.pending,
-            self.parameters_for_neurons(),
-            self.impl,
+            self.external_current(x), w_rec, state.neurons, state.pending, self.parameters_for_neurons(), impl
         )
-        return SpikeTrace(out.z, out.v, out.a), RecurrentState(out.state, out.pending)
+        # The returned state continues the simulation; gradients stop at call boundaries (truncated
+        # BPTT, as the official code feeds the last final state back as a constant). Run the whole
+        # sequence in one call to backpropagate through all of it.
+        return out, RecurrentState(out.state, out.pending).detach()
 
     def forward(
         self, x: torch.Tensor, state: RecurrentState | None = None
     ) -> tuple[torch.Tensor, RecurrentState]:
-        """Spikes ``[T, B, N]`` and the final state."""
-        trace, state = self.trace(x, state)
-        return trace.z, state
+        """Spikes ``[T, B, N]`` (differentiable) and the final state (detached)."""
+        out, state = self._run(x, state, self.impl)
+        return out.z, state
+
+    def trace(
+        self, x: torch.Tensor, state: RecurrentState | None = None
+    ) -> tuple[SpikeTrace, RecurrentState]:
+        """Spikes, voltages and adaptive thresholds ``[T, B, N]`` and the final state (detached).
+
+        With gradients enabled this runs the eager reference, so that losses on ``v`` or ``a`` get
+        their gradients (the fast paths differentiate the spikes only); under ``torch.no_grad()`` it
+        uses the layer's fast path."""
+        out, state = self._run(x, state, "reference" if torch.is_grad_enabled() else self.impl)
+        return SpikeTrace(out.z, out.v, out.a), state
 
     def extra_repr(self) -> str:
         return (
