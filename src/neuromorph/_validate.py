@@ -38,8 +38,11 @@ def finite_tensor(name: str, x: torch.Tensor) -> None:
     """Reject NaN/inf before any compute (a NaN silently poisons a whole BPTT run)."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or inf values; clean the input before the network")
+    if x.is_floating_point() and x.numel():
+        # min and max in one pass: NaN propagates into both, inf shows at an end; no full-size temporary.
+        lo, hi = torch.aminmax(x)
+        if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
+            raise ValueError(f"{name} contains NaN or inf values; clean the input before the network")
 
 
 def sequence(name: str, x: torch.Tensor, features: int) -> None:

@@ -49,7 +49,13 @@ import torch
 from ..neurons.alif import ALIFParameters, ALIFState, alif_step
 from . import cpu_native
 
-__all__ = ["SequenceResult", "alif_sequence", "alif_sequence_reference", "alif_sequence_fused", "alif_sequence_native"]
+__all__ = [
+    "SequenceResult",
+    "alif_sequence",
+    "alif_sequence_reference",
+    "alif_sequence_fused",
+    "alif_sequence_native",
+]
 
 
 class SequenceResult(NamedTuple):
@@ -277,7 +283,9 @@ def alif_sequence_native(
     return SequenceResult(z, v_seq, a_seq, ALIFState(v=v, z=z_last.detach(), b=b, refractory=r), fut)
 
 
-def _native_supported(external: torch.Tensor, w_rec: torch.Tensor, state: ALIFState, pending: torch.Tensor) -> bool:
+def _native_supported(
+    external: torch.Tensor, w_rec: torch.Tensor, state: ALIFState, pending: torch.Tensor
+) -> bool:
     tensors = (external, w_rec, *state, pending)
     return external.dtype in (torch.float32, torch.float64) and all(
         t.device.type == "cpu" and t.dtype == external.dtype for t in tensors

@@ -6,8 +6,9 @@ loops with the same floating-point operations, event-driven over spikes:
 
 ``NativeALIF``
     Drop-in for ``_FusedALIF`` (same inputs and outputs): forward loop and BPTT in C. The surrogate
-    pseudo-derivative is still evaluated in Python (vectorised over the whole sequence), so every
-    :class:`~neuromorph.spikes.Surrogate` works; the refractory mask is rebuilt in C.
+    pseudo-derivative is evaluated in Python, vectorised over the whole sequence, so that every
+    :class:`~neuromorph.spikes.Surrogate` works; only the default :class:`~neuromorph.spikes.Triangle`
+    is computed in C (the same operations). The refractory mask is rebuilt in C.
 ``NativeDelayedInput``
     ``(x [T, B, n_in], w_in [n_in, N], delay [n_in, N], n_delay) -> current [T + D, B, N]`` with
     ``current[t + delay[i, j], b, j] += x[t, b, i] * w_in[i, j]``. Gradient to ``w_in`` only: ``x``
@@ -34,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from ..spikes import Triangle
+
 __all__ = [
     "available",
     "unavailable_reason",
@@ -47,8 +50,9 @@ __all__ = [
 ]
 
 _SOURCE = Path(__file__).with_name("_alif_cpu.c")
-# IEEE semantics: no -ffast-math; no FP contraction (the source places its fma calls explicitly).
-_COMMON_FLAGS = ("-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno")
+# IEEE results: no -ffast-math, no FP contraction (the source places its fma calls explicitly);
+# -fno-math-errno / -fno-trapping-math (as torch's own build) only let loops with selects vectorise.
+_COMMON_FLAGS = ("-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math")
 _OPT_FLAGS = (("-O3", "-march=native"), ("-O3",))
 _SUFFIX = {torch.float32: "_f32", torch.float64: "_f64"}
 
@@ -104,7 +108,11 @@ def _build_and_load() -> ctypes.CDLL:
     if compiler is None:
         raise RuntimeError("no C compiler found (gcc, cc or $CC)")
     key = hashlib.sha256()
-    for part in (_SOURCE.read_bytes(), repr((compiler, _COMMON_FLAGS, _OPT_FLAGS)).encode(), _cpu_fingerprint().encode()):
+    for part in (
+        _SOURCE.read_bytes(),
+        repr((compiler, _COMMON_FLAGS, _OPT_FLAGS)).encode(),
+        _cpu_fingerprint().encode(),
+    ):
         key.update(part)
         key.update(b"\0")
     cache = _cache_dir()
@@ -131,14 +139,16 @@ def _build_and_load() -> ctypes.CDLL:
 def _declare(lib: ctypes.CDLL) -> None:
     i64, ptr, f64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
     signatures = {
-        # B, T, N, D, fut, w_all, v0, z0, b0, r0, alpha, rho, beta, thr, n_ref, dt, z, s, a, v, b, r
-        "alif_forward": [i64] * 4 + [ptr] * 10 + [i64, f64] + [ptr] * 6,
-        # B, T, N, D, g_z, z, s, a, dpsi, z0, r0, w_all, alpha, rho, beta, n_ref, dt, g_fut, g_w
-        "alif_backward": [i64] * 4 + [ptr] * 11 + [i64, f64] + [ptr] * 2,
+        # B, T, N, D, ext, ext_st, ext_sb, pending0, w_all, v0, z0, b0, r0, alpha, rho, beta, thr,
+        # n_ref, dt, z, s, a, v_seq, v, b, r, pending
+        "alif_forward": [i64] * 4 + [ptr, i64, i64] + [ptr] * 10 + [i64, f64] + [ptr] * 8,
+        # B, T, N, D, g_z, z, s, a, dpsi, tri_gamma, tri_width, z0, r0, w_all, alpha, rho, beta,
+        # n_ref, dt, g_fut, g_w
+        "alif_backward": [i64] * 4 + [ptr] * 5 + [f64, f64] + [ptr] * 6 + [i64, f64] + [ptr] * 2,
         # T, B, n_in, N, D, x, w_in, delay, fut
         "delayed_input_forward": [i64] * 5 + [ptr] * 4,
-        # T, B, n_in, N, D, x, delay, g_fut, g_w_in
-        "delayed_input_backward": [i64] * 5 + [ptr] * 4,
+        # T, B, n_in, N, D, x, delay, g_fut, g_st, g_sb, g_w_in
+        "delayed_input_backward": [i64] * 5 + [ptr] * 3 + [i64, i64, ptr],
     }
     for name, args in signatures.items():
         for suffix in _SUFFIX.values():
@@ -219,55 +229,98 @@ def _p(t: torch.Tensor) -> int:
     return t.data_ptr()
 
 
-def alif_forward(fut, w_all, v0, z0, b0, r0, alpha, rho, beta, thr, n_ref: int, dt: float):
-    """Run the ALIF recurrence over ``fut`` ``[B, T + D, N]`` **in place** (the recurrent input is added
-    to it, ``fut[:, T:]`` is then the pending input). Returns ``z, s, a`` ``[T, B, N]`` and the final
-    ``v, b, r`` ``[B, N]``. ``w_all`` ``[N, D * N]``; per-neuron ``alpha, rho, beta, thr``."""
-    if fut.dim() != 3 or fut.device.type != "cpu" or not fut.is_contiguous():
-        raise ValueError("fut must be a contiguous CPU tensor [B, T + D, N] (it is updated in place)")
-    dtype = fut.dtype
+def _args(dtype: torch.dtype, shape: tuple[int, ...], **tensors) -> list[torch.Tensor]:
+    return [_arg(t, dtype, shape, name) for name, t in tensors.items()]
+
+
+def _rows(t: torch.Tensor, dtype: torch.dtype, shape: tuple[int, int, int], name: str) -> torch.Tensor:
+    """Like :func:`_arg` but only the last dimension must be contiguous: the kernels take the other two
+    strides, so that a transposed view needs no copy."""
+    if (
+        not isinstance(t, torch.Tensor)
+        or t.device.type != "cpu"
+        or t.dtype != dtype
+        or tuple(t.shape) != shape
+    ):
+        return _arg(t, dtype, shape, name)
+    return t.detach() if t.stride(-1) == 1 else t.detach().contiguous()
+
+
+def alif_forward(external, pending0, w_all, v0, z0, b0, r0, alpha, rho, beta, thr, n_ref: int, dt: float):
+    """Run the ALIF recurrence over ``external`` ``[T + D, B, N]`` (any strides) with the input already
+    on its way ``pending0`` ``[B, D, N]``. ``w_all`` ``[N, D * N]``; per-neuron ``alpha, rho, beta, thr``.
+    Returns ``z, s, a, v`` ``[T, B, N]`` (``v`` as ``_FusedALIF`` reports it: ``A(t+1) * (s(t+1) + 1)``
+    but for the last step), the final ``v, b, r`` ``[B, N]`` and the pending input ``[B, D, N]``."""
+    if external.dim() != 3:
+        raise ValueError(f"external must have shape [T + D, B, N], got {tuple(external.shape)}")
+    dtype = external.dtype
     fn = _function("alif_forward", dtype)
-    batch, length, n = fut.shape
+    length, batch, n = external.shape
     if w_all.dim() != 2 or w_all.shape[0] != n or w_all.shape[1] % n or w_all.shape[1] == 0:
         raise ValueError(f"w_all must have shape [N, D * N] with N = {n}, got {tuple(w_all.shape)}")
     n_delay = w_all.shape[1] // n
     n_steps = length - n_delay
     if n_steps < 0:
-        raise ValueError(f"fut has {length} steps, fewer than n_delay = {n_delay}")
+        raise ValueError(f"external has {length} steps, fewer than n_delay = {n_delay}")
+    external = _rows(external, dtype, (length, batch, n), "external")
+    pending0 = _arg(pending0, dtype, (batch, n_delay, n), "pending0")
     w_all = _arg(w_all, dtype, (n, n_delay * n), "w_all")
-    v0, z0, b0, r0 = (_arg(t, dtype, (batch, n), name) for t, name in zip((v0, z0, b0, r0), "vzbr"))
-    alpha, rho, beta, thr = (
-        _arg(t, dtype, (n,), name) for t, name in zip((alpha, rho, beta, thr), ("alpha", "rho", "beta", "thr"))
-    )
-    z, s, a = (torch.empty(n_steps, batch, n, dtype=dtype) for _ in range(3))
+    v0, z0, b0, r0 = _args(dtype, (batch, n), v0=v0, z0=z0, b0=b0, r0=r0)
+    alpha, rho, beta, thr = _args(dtype, (n,), alpha=alpha, rho=rho, beta=beta, thr=thr)
+    z, s, a, v_seq = (torch.empty(n_steps, batch, n, dtype=dtype) for _ in range(4))
     v, b, r = (torch.empty(batch, n, dtype=dtype) for _ in range(3))
+    pending = torch.empty(batch, n_delay, n, dtype=dtype)
     status = fn(
-        batch, n_steps, n, n_delay, _p(fut), _p(w_all), _p(v0), _p(z0), _p(b0), _p(r0),
-        _p(alpha), _p(rho), _p(beta), _p(thr), int(n_ref), float(dt),
-        _p(z), _p(s), _p(a), _p(v), _p(b), _p(r),
+        batch, n_steps, n, n_delay, _p(external), external.stride(0), external.stride(1), _p(pending0),
+        _p(w_all), _p(v0), _p(z0), _p(b0), _p(r0), _p(alpha), _p(rho), _p(beta), _p(thr),
+        int(n_ref), float(dt), _p(z), _p(s), _p(a), _p(v_seq), _p(v), _p(b), _p(r), _p(pending),
     )  # fmt: skip
     _check(status, "alif_forward")
-    return z, s, a, v, b, r
+    return z, s, a, v_seq, v, b, r, pending
 
 
-def alif_backward(g_z, z, s, a, dpsi, z0, r0, w_all, alpha, rho, beta, n_ref: int, dt: float, need_w: bool = True):
+def alif_backward(
+    g_z,
+    z,
+    s,
+    a,
+    dpsi,
+    z0,
+    r0,
+    w_all,
+    alpha,
+    rho,
+    beta,
+    n_ref: int,
+    dt: float,
+    need_w: bool = True,
+    triangle=None,
+):
     """BPTT of :func:`alif_forward`. ``dpsi`` ``[T, B, N]`` is the surrogate derivative of ``s`` divided by
-    ``dt`` (the refractory mask is applied here). Returns ``g_fut`` ``[B, T + D, N]`` and ``g_w``
-    ``[N, D * N]`` (``None`` unless ``need_w``)."""
+    ``dt`` (the refractory mask is applied here); or pass ``dpsi=None, triangle=(gamma, width)`` to have
+    the :class:`~neuromorph.spikes.Triangle` derivative computed in the kernel (same operations).
+    Returns ``g_fut`` ``[T + D, B, N]`` and ``g_w`` ``[N, D * N]`` (``None`` unless ``need_w``)."""
     dtype = z.dtype
     fn = _function("alif_backward", dtype)
     n_steps, batch, n = z.shape
     n_delay = w_all.shape[1] // n
     seq = (n_steps, batch, n)
-    g_z, z, s, a, dpsi = (_arg(t, dtype, seq, name) for t, name in zip((g_z, z, s, a, dpsi), ("g_z", "z", "s", "a", "dpsi")))
-    z0, r0 = _arg(z0, dtype, (batch, n), "z0"), _arg(r0, dtype, (batch, n), "r0")
+    g_z, z, s, a = _args(dtype, seq, g_z=g_z, z=z, s=s, a=a)
+    if dpsi is not None:
+        dpsi, (gamma, width) = _arg(dpsi, dtype, seq, "dpsi"), (0.0, 1.0)
+    elif triangle is not None:
+        gamma, width = (float(v) for v in triangle)
+    else:
+        raise ValueError("pass dpsi or triangle=(gamma, width)")
+    z0, r0 = _args(dtype, (batch, n), z0=z0, r0=r0)
     w_all = _arg(w_all, dtype, (n, n_delay * n), "w_all")
-    alpha, rho, beta = (_arg(t, dtype, (n,), name) for t, name in zip((alpha, rho, beta), ("alpha", "rho", "beta")))
-    g_fut = torch.empty(batch, n_steps + n_delay, n, dtype=dtype)
+    alpha, rho, beta = _args(dtype, (n,), alpha=alpha, rho=rho, beta=beta)
+    g_fut = torch.empty(n_steps + n_delay, batch, n, dtype=dtype)
     g_w = torch.empty(n, n_delay * n, dtype=dtype) if need_w else None
     status = fn(
-        batch, n_steps, n, n_delay, _p(g_z), _p(z), _p(s), _p(a), _p(dpsi), _p(z0), _p(r0), _p(w_all),
-        _p(alpha), _p(rho), _p(beta), int(n_ref), float(dt), _p(g_fut), _p(g_w) if g_w is not None else None,
+        batch, n_steps, n, n_delay, _p(g_z), _p(z), _p(s), _p(a), _p(dpsi) if dpsi is not None else None,
+        gamma, width, _p(z0), _p(r0), _p(w_all), _p(alpha), _p(rho), _p(beta), int(n_ref), float(dt),
+        _p(g_fut), _p(g_w) if g_w is not None else None,
     )  # fmt: skip
     _check(status, "alif_backward")
     return g_fut, g_w
@@ -287,8 +340,8 @@ def _delayed_input_args(x, delay, n_delay: int, n: int):
 
 
 def delayed_input_forward(x, w_in, delay, n_delay: int) -> torch.Tensor:
-    """``fut[b, t + delay[i, j], j] += x[t, b, i] * w_in[i, j]``: the input current, batch-major
-    ``[B, T + n_delay, N]``."""
+    """``current[t + delay[i, j], b, j] += x[t, b, i] * w_in[i, j]``: the input current
+    ``[T + n_delay, B, N]``."""
     dtype = x.dtype
     fn = _function("delayed_input_forward", dtype)
     n_steps, batch, n_in = x.shape if x.dim() == 3 else (0, 0, 0)
@@ -296,23 +349,26 @@ def delayed_input_forward(x, w_in, delay, n_delay: int) -> torch.Tensor:
     delay = _delayed_input_args(x, delay, n_delay, n)
     x = _arg(x, dtype, (n_steps, batch, n_in), "x")
     w_in = _arg(w_in, dtype, (n_in, n), "w_in")
-    fut = torch.empty(batch, n_steps + int(n_delay), n, dtype=dtype)
-    status = fn(n_steps, batch, n_in, n, int(n_delay), _p(x), _p(w_in), _p(delay), _p(fut))
+    current = torch.empty(n_steps + int(n_delay), batch, n, dtype=dtype)
+    status = fn(n_steps, batch, n_in, n, int(n_delay), _p(x), _p(w_in), _p(delay), _p(current))
     _check(status, "delayed_input_forward")
-    return fut
+    return current
 
 
-def delayed_input_backward(x, g_fut, delay, n_delay: int) -> torch.Tensor:
-    """Gradient of :func:`delayed_input_forward` with respect to ``w_in`` given ``g_fut`` ``[B, T + D, N]``."""
+def delayed_input_backward(x, g_current, delay, n_delay: int) -> torch.Tensor:
+    """Gradient of :func:`delayed_input_forward` with respect to ``w_in`` given ``g_current``
+    ``[T + D, B, N]`` (any strides)."""
     dtype = x.dtype
     fn = _function("delayed_input_backward", dtype)
     n_steps, batch, n_in = x.shape if x.dim() == 3 else (0, 0, 0)
-    n = g_fut.shape[-1]
+    n = g_current.shape[-1]
     delay = _delayed_input_args(x, delay, n_delay, n)
     x = _arg(x, dtype, (n_steps, batch, n_in), "x")
-    g_fut = _arg(g_fut, dtype, (batch, n_steps + int(n_delay), n), "g_fut")
+    g = _rows(g_current, dtype, (n_steps + int(n_delay), batch, n), "g_current")
     g_w = torch.empty(n_in, n, dtype=dtype)
-    status = fn(n_steps, batch, n_in, n, int(n_delay), _p(x), _p(delay), _p(g_fut), _p(g_w))
+    status = fn(
+        n_steps, batch, n_in, n, int(n_delay), _p(x), _p(delay), _p(g), g.stride(0), g.stride(1), _p(g_w)
+    )
     _check(status, "delayed_input_backward")
     return g_w
 
@@ -325,22 +381,17 @@ class NativeALIF(torch.autograd.Function):
     reach ``external`` and ``w_all``."""
 
     @staticmethod
-    def forward(ctx, external, w_all, v0, z0, b0_state, r0, pending0, alpha, rho, beta, thr, n_ref, dt, surrogate):
+    def forward(
+        ctx, external, w_all, v0, z0, b0_state, r0, pending0, alpha, rho, beta, thr, n_ref, dt, surrogate
+    ):
         n = external.shape[-1]
         n_delay = w_all.shape[1] // n
-        n_steps, batch = external.shape[0] - n_delay, external.shape[1]
-        fut = torch.empty(batch, n_steps + n_delay, n, dtype=external.dtype)
-        fut.copy_(external.transpose(0, 1))
-        fut[:, :n_delay] += pending0
-        z_seq, s_seq, a_seq, v, b, r = alif_forward(fut, w_all, v0, z0, b0_state, r0, alpha, rho, beta, thr, n_ref, dt)
-        pending = fut[:, n_steps:].clone()
+        n_steps = external.shape[0] - n_delay
+        z_seq, s_seq, a_seq, v_seq, v, b, r, pending = alif_forward(
+            external, pending0, w_all, v0, z0, b0_state, r0, alpha, rho, beta, thr, n_ref, dt
+        )
         ctx.save_for_backward(w_all, z0, r0, z_seq, s_seq, a_seq, alpha, rho, beta)
         ctx.n_ref, ctx.dt, ctx.surrogate = int(n_ref), float(dt), surrogate
-        # v(t) for t < T-1 is recoverable from the next step: v(t) = A(t+1) * (s(t+1) + 1).
-        v_seq = torch.empty_like(z_seq)
-        if n_steps > 0:
-            torch.mul(a_seq[1:], s_seq[1:] + 1.0, out=v_seq[:-1])
-            v_seq[-1] = v
         z_last = z_seq[-1].clone() if n_steps > 0 else z0.detach().clone()
         ctx.mark_non_differentiable(v_seq, a_seq, v, z_last, b, r, pending)
         return z_seq, v_seq, a_seq, v, z_last, b, r, pending
@@ -350,35 +401,41 @@ class NativeALIF(torch.autograd.Function):
         w_all, z0, r0, z_seq, s_seq, a_seq, alpha, rho, beta = ctx.saved_tensors
         if g_z is None:
             g_z = torch.zeros_like(z_seq)
-        dpsi = ctx.surrogate.derivative(s_seq)
-        if ctx.dt != 1.0:
-            dpsi = dpsi / ctx.dt
+        surrogate, dpsi, triangle = ctx.surrogate, None, None
+        if type(surrogate) is Triangle:  # same operations, without five [T, B, N] temporaries
+            triangle = (surrogate.gamma, surrogate.width)
+        else:
+            dpsi = surrogate.derivative(s_seq)
+            if ctx.dt != 1.0:
+                dpsi = dpsi / ctx.dt
+            dpsi = dpsi.to(z_seq.dtype)
         g_fut, g_w = alif_backward(
-            g_z, z_seq, s_seq, a_seq, dpsi.to(z_seq.dtype), z0, r0, w_all, alpha, rho, beta,
-            ctx.n_ref, ctx.dt, need_w=ctx.needs_input_grad[1],
+            g_z, z_seq, s_seq, a_seq, dpsi, z0, r0, w_all, alpha, rho, beta, ctx.n_ref, ctx.dt,
+            need_w=ctx.needs_input_grad[1], triangle=triangle,
         )  # fmt: skip
-        g_current = g_fut.transpose(0, 1) if ctx.needs_input_grad[0] else None
-        return (g_current, g_w) + (None,) * 12
+        return (g_fut if ctx.needs_input_grad[0] else None, g_w) + (None,) * 12
 
 
 class NativeDelayedInput(torch.autograd.Function):
     """``(x [T, B, n_in], w_in [n_in, N], delay [n_in, N] int, n_delay) -> current [T + D, B, N]``, the
-    input with per-synapse delays (the dense ``RecurrentSpikingLayer.external_current``); a
-    time-major view of a batch-major buffer. Gradient to ``w_in`` only (``x`` must not require grad)."""
+    input with per-synapse delays (the dense ``RecurrentSpikingLayer.external_current``). Gradient to
+    ``w_in`` only (``x`` must not require grad)."""
 
     @staticmethod
     def forward(ctx, x, w_in, delay, n_delay):
         if ctx.needs_input_grad[0]:
-            raise ValueError("NativeDelayedInput gives no gradient to x; use the dense path when x requires grad")
-        fut = delayed_input_forward(x, w_in, delay, n_delay)
+            raise ValueError(
+                "NativeDelayedInput gives x no gradient; use the dense path when x requires grad"
+            )
+        current = delayed_input_forward(x, w_in, delay, n_delay)
         ctx.save_for_backward(x, delay)
         ctx.n_delay = int(n_delay)
-        return fut.transpose(0, 1)
+        return current
 
     @staticmethod
     def backward(ctx, g_current):
         x, delay = ctx.saved_tensors
         g_w = None
         if ctx.needs_input_grad[1]:
-            g_w = delayed_input_backward(x, g_current.transpose(0, 1), delay, ctx.n_delay)
+            g_w = delayed_input_backward(x, g_current, delay, ctx.n_delay)
         return None, g_w, None, None
