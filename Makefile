@@ -36,5 +36,8 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format src tests
 	$(VENV)/bin/ruff check --fix src tests
 
+bench: $(STAMP)
+	$(PY) benchmarks/alif_cpu.py
+
 clean:
 	rm -rf $(VENV) build src/*.egg-info
