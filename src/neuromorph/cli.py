@@ -84,6 +84,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.seed is not None:
             cfg = dataclasses.replace(cfg, seed=args.seed)
         cfg = apply_overrides(cfg, args.sets)
+        recipe.check(cfg)  # fail before anything is written
         run, resume = None, None
     device = _device(args.device)
     dist = init_distributed(args.device)

@@ -28,4 +28,5 @@ def test_missing_data_root_is_a_clear_error(tmp_path, capsys):
     args = ["run", "smnist", "--quick", "--no-progress", *TINY, "--set", f"data.root={tmp_path / 'nomnist'}"]
     assert main([*args, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
-    assert "nomnist" in err and "train-images-idx3-ubyte" in err
+    assert "nomnist" in err and "images-idx3-ubyte" in err
+    assert not (tmp_path / "run").exists()  # nothing written

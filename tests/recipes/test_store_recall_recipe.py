@@ -117,6 +117,12 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_store_recal
         (["run", "store-recall", "--set", "iterations=0"], "iterations must be >= 1"),
         (["run", "store-recall", "--set", "variants=[lsnn,xyz]"], "variants"),
         (["run", "store-recall", "--device", "tpu"], "--device"),
+        (["run", "store-recall", "--set", "tau_mem=-5"], "tau_mem"),
+        (["run", "store-recall", "--set", "impl=fast"], "impl"),
+        (
+            ["run", "store-recall", "--set", "lr=1e-3", "--set", "n_lif=0", "--set", "n_alif=0"],
+            "n_lif + n_alif",
+        ),
         (["run"], "RECIPE"),
     ],
 )

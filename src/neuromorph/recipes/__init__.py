@@ -1,5 +1,6 @@
 """Recipes: one module per experiment, each with ``NAME``, ``PAPER``, ``SUMMARY``, a ``Config``
-dataclass (the paper-scale defaults), ``quick(cfg)`` (the CPU-minutes version) and ``run(cfg, ctx)``."""
+dataclass (the paper-scale defaults), ``quick(cfg)`` (the CPU-minutes version), ``check(cfg)`` (raises
+before anything is written) and ``run(cfg, ctx)``."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import types
 import typing
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
@@ -62,48 +63,35 @@ def valid_keys(cfg) -> list[str]:
 
 
 def _coerce(key: str, raw: str, hint: Any, current: Any) -> Any:
-    value = yaml.safe_load(raw) if raw.strip() != "" else ""
-    origin = typing.get_origin(hint)
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    optional = type(None) in typing.get_args(hint)
-    if value is None:
-        if optional:
-            return None
-        raise ValueError(
-            f"--set {key}: value must not be empty/null (type {getattr(hint, '__name__', hint)})"
-        )
-    base = args[0] if (optional and len(args) == 1) else hint
-    origin = typing.get_origin(base)
+    """Parse ``raw`` as a YAML scalar and check it against the field's type hint."""
     try:
-        if base is bool:
-            if isinstance(value, bool):
-                return value
-            raise TypeError
-        if base is int:
-            if isinstance(value, bool) or not (
-                isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-            ):
-                raise TypeError
-            return int(value)
-        if base is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError
-            return float(value)
-        if base is str:
-            return str(raw)
-        if origin is tuple:
-            items = (
-                value if isinstance(value, list) else [v.strip() for v in str(raw).split(",") if v.strip()]
-            )
-            (item_type, *_rest) = typing.get_args(base) or (str,)
-            return tuple(item_type(v) for v in items)
-    except (TypeError, ValueError):
-        pass
-    else:
-        if base not in (bool, int, float, str) and origin is not tuple:
-            return value
-    type_name = getattr(base, "__name__", str(base))
-    raise ValueError(f"--set {key}={raw!r}: expected a value of type {type_name} (current value {current!r})")
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ()
+    if value is None:
+        if type(None) in members:
+            return None
+        raise ValueError(f"--set {key}: null is not allowed here (current value {current!r})")
+    base = next((m for m in members if m is not type(None)), hint) if members else hint
+    if base is bool and isinstance(value, bool):
+        return value
+    if base is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if base is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            return float(raw)
+        except ValueError:
+            pass
+    if base is str:
+        return raw
+    if typing.get_origin(base) is tuple:
+        items = value if isinstance(value, list) else [v.strip() for v in raw.split(",") if v.strip()]
+        return tuple(str(v) for v in items)
+    name = getattr(base, "__name__", str(base))
+    raise ValueError(f"--set {key}={raw!r}: expected a value of type {name} (current value {current!r})")
 
 
 def apply_overrides(cfg, sets: list[str]):

@@ -93,6 +93,14 @@ def quick(cfg: Config) -> Config:
     return replace(cfg, batch_size=32, iterations=150, eval_every=50, checkpoint_every=25, test_size=500)
 
 
+def check(cfg: Config) -> None:
+    """Everything that can be wrong with ``cfg`` before a run directory is made: field ranges, the
+    network's constructor checks, and that the data can be read."""
+    cfg.validate()
+    SMNISTNetwork(cfg, torch.Generator())
+    load_mnist(cfg.data.root, "test")
+
+
 class SMNISTNetwork(nn.Module):
     def __init__(self, cfg: Config, generator: torch.Generator) -> None:
         super().__init__()

@@ -108,6 +108,14 @@ def quick(cfg: Config) -> Config:
     return replace(cfg, batch_size=64)
 
 
+def check(cfg: Config) -> None:
+    """Everything that can be wrong with ``cfg``, before a run directory is made: field ranges and
+    every constructor's own checks (the networks are cheap to build)."""
+    cfg.validate()
+    for variant in cfg.variants:
+        StoreRecallNetwork(cfg, variant, torch.Generator())
+
+
 class StoreRecallNetwork(nn.Module):
     """Recurrent spiking layer + leaky readout to 2 classes; ``forward(x, state) -> (out, z, state)``."""
 
