@@ -21,6 +21,7 @@ Conventions of the other papers map onto these objects (papers.md section 8):
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 
@@ -45,11 +46,12 @@ def _positive(name: str, value: float) -> None:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
 
 
-class Surrogate:
+class Surrogate(abc.ABC):
     """Base class of pseudo-derivatives: ``derivative(x)`` replaces ``dH/dx`` in the backward pass."""
 
-    def derivative(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def derivative(self, x: torch.Tensor) -> torch.Tensor:
+        """``dz/dx`` used by backpropagation at the scaled distance ``x`` to the threshold."""
 
 
 @dataclass(frozen=True)

@@ -208,30 +208,21 @@ def _not_refractory(z_bin: torch.Tensor, r0: torch.Tensor, n_ref: int) -> torch.
     return ((recent.round() == 0) & (r0.unsqueeze(0) <= steps)).to(z_bin.dtype)
 
 
-def alif_sequence_fused(
-    external: torch.Tensor,
-    w_rec: torch.Tensor,
-    state: ALIFState,
-    pending: torch.Tensor,
-    p: ALIFParameters,
-) -> SequenceResult:
-    """Hand-written BPTT (module docstring); same arguments and numerics as the reference."""
+def _apply(function, external, w_rec, state: ALIFState, pending, p: ALIFParameters) -> SequenceResult:
+    """Call a whole-sequence autograd function (``_FusedALIF`` or ``cpu_native.NativeALIF``, which
+    share one signature) with per-neuron constants and the delay-major weight matrix."""
     n = external.shape[-1]
     n_delay = w_rec.shape[0]
     w_all = w_rec.permute(1, 0, 2).reshape(n, n_delay * n)
-    alpha, rho = _decays(p, external)
     like = external.new_ones(n)
-    beta = like * torch.as_tensor(p.beta, dtype=external.dtype, device=external.device)
-    thr = like * torch.as_tensor(p.threshold, dtype=external.dtype, device=external.device)
-    alpha, rho = like * alpha, like * rho
-    z, v_seq, a_seq, v, z_last, b, r, fut = _FusedALIF.apply(
+    alpha, rho = (like * d for d in _decays(p, external))
+    beta, thr = (
+        like * torch.as_tensor(x, dtype=external.dtype, device=external.device) for x in (p.beta, p.threshold)
+    )
+    z, v_seq, a_seq, v, z_last, b, r, fut = function.apply(
         external,
         w_all,
-        state.v.detach(),
-        state.z.detach(),
-        state.b.detach(),
-        state.refractory.detach(),
-        pending.detach(),
+        *(t.detach() for t in (state.v, state.z, state.b, state.refractory, pending)),
         alpha,
         rho,
         beta,
@@ -241,6 +232,17 @@ def alif_sequence_fused(
         p.surrogate,
     )
     return SequenceResult(z, v_seq, a_seq, ALIFState(v=v, z=z_last.detach(), b=b, refractory=r), fut)
+
+
+def alif_sequence_fused(
+    external: torch.Tensor,
+    w_rec: torch.Tensor,
+    state: ALIFState,
+    pending: torch.Tensor,
+    p: ALIFParameters,
+) -> SequenceResult:
+    """Hand-written BPTT (module docstring); same arguments and numerics as the reference."""
+    return _apply(_FusedALIF, external, w_rec, state, pending, p)
 
 
 def alif_sequence_native(
@@ -256,31 +258,7 @@ def alif_sequence_native(
         raise RuntimeError(f"native CPU kernels unavailable: {cpu_native.unavailable_reason()}")
     if not _native_supported(external, w_rec, state, pending):
         raise ValueError("impl='native' needs CPU tensors of one dtype, float32 or float64")
-    n = external.shape[-1]
-    n_delay = w_rec.shape[0]
-    w_all = w_rec.permute(1, 0, 2).reshape(n, n_delay * n)
-    alpha, rho = _decays(p, external)
-    like = external.new_ones(n)
-    beta = like * torch.as_tensor(p.beta, dtype=external.dtype, device=external.device)
-    thr = like * torch.as_tensor(p.threshold, dtype=external.dtype, device=external.device)
-    alpha, rho = like * alpha, like * rho
-    z, v_seq, a_seq, v, z_last, b, r, fut = cpu_native.NativeALIF.apply(
-        external,
-        w_all,
-        state.v.detach(),
-        state.z.detach(),
-        state.b.detach(),
-        state.refractory.detach(),
-        pending.detach(),
-        alpha,
-        rho,
-        beta,
-        thr,
-        int(p.n_refractory),
-        float(p.dt),
-        p.surrogate,
-    )
-    return SequenceResult(z, v_seq, a_seq, ALIFState(v=v, z=z_last.detach(), b=b, refractory=r), fut)
+    return _apply(cpu_native.NativeALIF, external, w_rec, state, pending, p)
 
 
 def _native_supported(
