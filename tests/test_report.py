@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import subprocess
 import sys
 
 import numpy as np
@@ -25,12 +26,19 @@ def no_tmp(directory) -> bool:
 
 
 def test_plots_do_not_use_pyplot(tmp_path):
-    """No global pyplot state or GUI backend: plotting works headless and never imports pyplot."""
-    if "matplotlib.pyplot" in sys.modules:
-        pytest.skip("another test imported pyplot already")
-    plot_bars({"a": 1.0}, tmp_path / "b.png", ylabel="y")
-    build_report(Run.create("toy", {}, out=tmp_path / "r").dir)
-    assert "matplotlib.pyplot" not in sys.modules
+    """No global pyplot state or GUI backend: plotting works headless and never imports pyplot.
+    Checked in a fresh interpreter, since another test in this process may have imported pyplot."""
+    code = (
+        "import sys, pathlib\n"
+        "from neuromorph.report import plot_bars, build_report\n"
+        "from neuromorph.runs import Run\n"
+        f"out = pathlib.Path({str(tmp_path)!r})\n"
+        "plot_bars({'a': 1.0}, out / 'b.png', ylabel='y')\n"
+        "build_report(Run.create('toy', {}, out=out / 'r').dir)\n"
+        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     assert is_png(tmp_path / "b.png")
 
 
