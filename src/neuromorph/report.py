@@ -93,7 +93,13 @@ def _finite_number(value: Any) -> float | None:
 
 
 def plot_curves(
-    metrics: list[dict], keys: list[str], path: str | os.PathLike, *, title: str = "", logy: bool = False
+    metrics: list[dict],
+    keys: list[str],
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+    logy: bool = False,
+    xlabel: str = "step",
 ) -> pathlib.Path:
     """Plot learning curves ``metrics[i][key]`` against ``metrics[i]["step"]`` for each key; write a PNG.
 
@@ -127,7 +133,7 @@ def plot_curves(
         ax.legend(loc="best")
     else:
         ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("step")
+    ax.set_xlabel(xlabel)
     ax.grid(True, alpha=0.3)
     if title:
         ax.set_title(title)

@@ -232,7 +232,13 @@ def run(cfg: Config, ctx: Context) -> dict:
     if ctx.dist.is_main:
         ctx.run.write_results(results)
         metrics = ctx.run.metrics()
-        plot_curves(metrics, ["loss", "train_accuracy", "test_accuracy"], ctx.run.path("learning_curve.png"))
+        plot_curves(
+            metrics,
+            ["loss", "train_accuracy", "test_accuracy"],
+            ctx.run.path("learning_curve.png"),
+            title="sMNIST: loss and accuracy",
+            xlabel="iteration",
+        )
         with torch.no_grad():
             x = smnist_spikes(torch.from_numpy(test_x[:1]), ext_time=cfg.ext_time)
             trace, _ = net.cpu().rsnn.trace(x)

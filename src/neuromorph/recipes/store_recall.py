@@ -352,6 +352,7 @@ def _plots(cfg: Config, ctx: Context, done: dict) -> None:
         [f"{v}/recall_error" for v in done],
         ctx.run.path("learning_curve.png"),
         title="Recall error per iteration (fresh batches, before the update)",
+        xlabel="iteration",
     )
     plot_bars(
         {v: d["recall_error"] for v, d in done.items()},
