@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-all lint format bench clean
+.PHONY: install demo test test-all lint format bench bench-deps clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,16 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/alif_cpu.py
+	$(VENV)/bin/neuromorph bench
+
+# Peer libraries for `neuromorph bench`, installed so that the CPU torch stays: the `bench` extra holds
+# snnTorch (no declared dependencies) and the pure-Python dependencies of Norse and SpikingJelly; Norse and
+# SpikingJelly themselves go in with --no-deps (their metadata requires torchvision, which replaces torch).
+bench-deps: $(STAMP)
+	$(PIP) install -q -e ".[bench]" "$(TORCH_SPEC)"
+	$(PIP) install -q --no-deps "norse==1.1.0" "spikingjelly==2.0.0"
+	@if $(PIP) list 2>/dev/null | grep -qi '^torchvision '; then echo "torchvision was pulled in" >&2; exit 1; fi
+	$(PY) -c "import torch, snntorch, norse.torch, spikingjelly.activation_based; print('torch', torch.__version__)"
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

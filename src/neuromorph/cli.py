@@ -4,6 +4,7 @@
     neuromorph run RECIPE [--quick] [--set key=value ...] [--seed N] [--out DIR] [--device cpu|cuda]
     neuromorph run --resume RUN
     neuromorph report RUN
+    neuromorph bench [--case a|b|c ...] [--json PATH] [--repeats N] [--frameworks ...]
 
 Under ``torchrun`` the same command trains with DistributedDataParallel; rank 0 writes the run.
 """
@@ -40,6 +41,28 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     rep = sub.add_parser("report", help="rebuild report.html (and plots) of a run")
     rep.add_argument("run", help="run directory")
+    b = sub.add_parser(
+        "bench",
+        help="time forward+backward, peak memory and gradients vs snnTorch, Norse, SpikingJelly",
+        description="Benchmark cases a (Linear 512->512 + LIF), b (LSNN 100+100, T=1000), "
+        "c (recurrent 1024 LIF, T=500); see neuromorph.bench for what is measured.",
+    )
+    b.add_argument(
+        "--case",
+        dest="cases",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="a|b|c",
+        help="(default: all)",
+    )
+    b.add_argument("--json", default=None, metavar="PATH", help="default benchmarks/results/<machine>.json")
+    b.add_argument("--repeats", type=int, default=5, help="timed runs per framework (median; default 5)")
+    b.add_argument("--warmup", type=int, default=2, help="untimed runs before timing (default 2)")
+    b.add_argument("--frameworks", nargs="+", default=None, help="default: neuromorph eager and every peer")
+    b.add_argument("--scale", type=float, default=1.0, help="multiply every size by this (0, 1] (smoke runs)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     return p
 
 
@@ -133,6 +156,43 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    cases = args.cases or list(bench.CASES)
+    frameworks = args.frameworks or list(bench.FRAMEWORKS)
+    for c in cases:  # fail before anything runs
+        bench._check_choice("--case", c, bench.CASES)
+    for fw in frameworks:
+        bench._check_choice("--frameworks", fw, bench.FRAMEWORKS)
+    info = bench.machine_info()
+    print(
+        f"machine {info['machine']} ({info['cpu']}, {info['cores']} cores), torch {info['torch']}, "
+        f"{info['threads']} threads, {info['date']}",
+        file=sys.stderr,
+    )
+
+    def progress(r: dict) -> None:
+        t = r["fwd_bwd_ms_median"]
+        shown = "skipped" if t is None else f"{t:.1f} ms"
+        print(f"  {r['case']} {r['framework']:12s} {shown}  {r['note']}", file=sys.stderr)
+
+    records = bench.run_benchmark(
+        cases,
+        frameworks,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        seed=args.seed,
+        scale=args.scale,
+        memory=not args.no_memory,
+        progress=progress,
+    )
+    path = bench.write_results(records, args.json)
+    print(bench.markdown_table(records))
+    print(f"results: {path}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -140,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_list()
         if args.command == "run":
             return _cmd_run(args)
+        if args.command == "bench":
+            return _cmd_bench(args)
         return _cmd_report(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"neuromorph: error: {err}", file=sys.stderr)

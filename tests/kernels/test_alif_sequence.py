@@ -260,3 +260,26 @@ def test_exp_filter_chunks_continue():
 def test_exp_filter_rejects_kappa_outside_unit_interval(kappa):
     with pytest.raises(ValueError, match="kappa"):
         exp_filter(torch.zeros(3, 1, 3), kappa)
+
+
+def test_auto_takes_native_only_up_to_its_size_limit(monkeypatch):
+    from neuromorph.kernels import cpu_native
+
+    if not cpu_native.available():
+        pytest.skip(f"native kernels unavailable: {cpu_native.unavailable_reason()}")
+    calls = []
+    for name in ("alif_sequence_native", "alif_sequence_fused"):
+        real = getattr(seq_module, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(seq_module, name, spy)
+    small = seq_module.NATIVE_MAX_NEURONS
+    for n, want in ((small, "alif_sequence_native"), (small + 1, "alif_sequence_fused")):
+        external, w_rec, state, pending, p, _ = _case(
+            seed=8, steps=2, batch=1, n=n, n_delay=1, n_ref=0, dt=1.0
+        )
+        alif_sequence(external, w_rec, state, pending, p, impl="auto")
+        assert calls[-1] == want
