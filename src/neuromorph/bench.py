@@ -213,8 +213,10 @@ def _neuromorph(case: Case, seed: int, x: torch.Tensor, r: torch.Tensor, impl: s
         note = "no fused feed-forward path yet: the same eager loop as `eager`"
     elif impl == "auto":
         from .kernels import cpu_native
+        from .kernels.alif_sequence import NATIVE_MAX_NEURONS
 
-        note = "native C path (event-driven)" if cpu_native.available() else "fused PyTorch path"
+        native = cpu_native.available() and case.n_lif + case.n_alif <= NATIVE_MAX_NEURONS
+        note = "native C path (event-driven)" if native else "fused PyTorch path (BLAS)"
     else:
         note = "eager autograd loop over unbind(0)"
     return _Workload(step, grads, note, comparable=True)

@@ -28,7 +28,7 @@ from torch import nn
 from .. import _validate
 from ..families import ADAPTATION, TAUS, THRESHOLDS, WEIGHTS
 from ..kernels import cpu_native
-from ..kernels.alif_sequence import IMPLEMENTATIONS, alif_sequence
+from ..kernels.alif_sequence import IMPLEMENTATIONS, NATIVE_MAX_NEURONS, alif_sequence
 from ..neurons.alif import ALIFParameters, ALIFState, alif_initial_state
 from ..spikes import Surrogate, Triangle
 
@@ -210,8 +210,11 @@ class RecurrentSpikingLayer(nn.Module):
         """Input current with input delays resolved: ``[T + D, B, N]`` (the last D rows spill over)."""
         n_steps, batch, _ = x.shape
         d = self.n_delay
+        # Event-driven input in C: always with impl="native"; with "auto" when delays make the dense
+        # product D times wasteful or the layer is small (a dense BLAS product wins for wide layers).
+        wanted = self.impl == "native" or (self.impl == "auto" and (d > 1 or self.n <= NATIVE_MAX_NEURONS))
         if (
-            self.impl in ("auto", "native")
+            wanted
             and x.device.type == "cpu"
             and self.w_in.device.type == "cpu"
             and x.dtype == self.w_in.dtype
