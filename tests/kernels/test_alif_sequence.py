@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_cases import random_case, run_with_grads
 
 from neuromorph.kernels import alif_sequence, alif_sequence_fused, alif_sequence_reference, exp_filter
 from neuromorph.neurons.alif import ALIFParameters, ALIFState
@@ -16,49 +17,6 @@ from neuromorph.neurons.alif import ALIFParameters, ALIFState
 F64 = torch.float64
 # ``neuromorph.kernels.alif_sequence`` as an attribute is the function (re-exported), not the module
 seq_module = importlib.import_module("neuromorph.kernels.alif_sequence")
-
-
-def _case(seed: int, steps: int, batch: int, n: int, n_delay: int, n_ref: int, dt: float):
-    """Random float64 inputs of the kernel: currents of the order of the thresholds, so that neurons
-    spike and sit inside the pseudo-derivative's support; a non-zero initial state and pending buffer."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape):
-        return torch.rand(*shape, generator=g, dtype=F64)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=g, dtype=F64)
-
-    beta = rand(n) * (rand(n) > 0.3)  # some neurons plain LIF (beta = 0)
-    p = ALIFParameters(
-        tau_mem=3.0 + 27.0 * rand(n),
-        tau_adapt=20.0 + 280.0 * rand(n),
-        beta=beta,
-        threshold=0.3 + 0.5 * rand(n),
-        n_refractory=n_ref,
-        dt=dt,
-    )
-    external = 1.0 + randn(steps + n_delay, batch, n)
-    w_rec = 0.5 * randn(n_delay, n, n)
-    state = ALIFState(
-        v=0.3 + 0.6 * randn(batch, n),
-        z=(rand(batch, n) > 0.6).to(F64) / dt,
-        b=0.2 * rand(batch, n),
-        refractory=torch.randint(0, n_ref + 1, (batch, n), generator=g).to(F64),
-    )
-    pending = 0.3 * randn(batch, n_delay, n)
-    w_out = randn(steps, batch, n)
-    return external, w_rec, state, pending, p, w_out
-
-
-def _run_with_grads(fn, external, w_rec, state, pending, p, w_out):
-    ext = external.clone().requires_grad_()
-    w = w_rec.clone().requires_grad_()
-    out = fn(ext, w, state, pending, p)
-    # the zero term keeps a graph when z does not depend on the inputs at all (T = 1: z(0) comes from v0)
-    loss = (out.z * w_out).sum() + 0.0 * (ext.sum() + w.sum())
-    g_ext, g_w = torch.autograd.grad(loss, (ext, w))
-    return out, g_ext, g_w
 
 
 def _assert_same(out_a, out_b, atol=1e-12):
@@ -90,11 +48,11 @@ def _sizes(draw):
 @settings(max_examples=35, deadline=None)
 @given(sizes=_sizes())
 def test_fused_equals_reference(sizes):
-    external, w_rec, state, pending, p, w_out = _case(**sizes)
-    ref, g_ext_ref, g_w_ref = _run_with_grads(
+    external, w_rec, state, pending, p, w_out = random_case(**sizes)
+    ref, g_ext_ref, g_w_ref = run_with_grads(
         alif_sequence_reference, external, w_rec, state, pending, p, w_out
     )
-    fus, g_ext_fus, g_w_fus = _run_with_grads(alif_sequence_fused, external, w_rec, state, pending, p, w_out)
+    fus, g_ext_fus, g_w_fus = run_with_grads(alif_sequence_fused, external, w_rec, state, pending, p, w_out)
     assert ref.z.shape == (sizes["steps"], sizes["batch"], sizes["n"])
     assert ref.pending.shape == (sizes["batch"], sizes["n_delay"], sizes["n"])
     assert set(ref.z.unique().tolist()) <= {0.0, 1.0 / sizes["dt"]}
@@ -106,7 +64,7 @@ def test_fused_equals_reference(sizes):
 @settings(max_examples=20, deadline=None)
 @given(sizes=_sizes(), split=st.floats(0.1, 0.9))
 def test_two_chunks_equal_one_piece(sizes, split):
-    external, w_rec, state, pending, p, _ = _case(**sizes)
+    external, w_rec, state, pending, p, _ = random_case(**sizes)
     steps, n_delay = sizes["steps"], sizes["n_delay"]
     if steps == 1:
         return
@@ -125,19 +83,21 @@ def test_two_chunks_equal_one_piece(sizes, split):
 
 
 def test_fused_backward_with_chunk_shorter_than_delays():
-    external, w_rec, state, pending, p, w_out = _case(
+    external, w_rec, state, pending, p, w_out = random_case(
         seed=0, steps=2, batch=2, n=3, n_delay=4, n_ref=0, dt=1.0
     )
-    ref, g_ext_ref, g_w_ref = _run_with_grads(
+    ref, g_ext_ref, g_w_ref = run_with_grads(
         alif_sequence_reference, external, w_rec, state, pending, p, w_out
     )
-    fus, g_ext_fus, g_w_fus = _run_with_grads(alif_sequence_fused, external, w_rec, state, pending, p, w_out)
+    fus, g_ext_fus, g_w_fus = run_with_grads(alif_sequence_fused, external, w_rec, state, pending, p, w_out)
     _assert_same(ref, fus)
     torch.testing.assert_close(g_w_fus, g_w_ref, rtol=0, atol=1e-9)
 
 
 def test_forward_with_chunk_shorter_than_delays():
-    external, w_rec, state, pending, p, _ = _case(seed=1, steps=2, batch=2, n=3, n_delay=4, n_ref=1, dt=1.0)
+    external, w_rec, state, pending, p, _ = random_case(
+        seed=1, steps=2, batch=2, n=3, n_delay=4, n_ref=1, dt=1.0
+    )
     _assert_same(
         alif_sequence_reference(external, w_rec, state, pending, p),
         alif_sequence_fused(external, w_rec, state, pending, p),
@@ -162,7 +122,7 @@ def test_pending_slot_d_arrives_at_step_d(impl):
 
 
 def test_auto_uses_reference_when_state_requires_grad():
-    external, w_rec, state, pending, p, w_out = _case(
+    external, w_rec, state, pending, p, w_out = random_case(
         seed=5, steps=12, batch=2, n=4, n_delay=2, n_ref=1, dt=1.0
     )
     v0 = state.v.clone().requires_grad_()
@@ -189,7 +149,9 @@ def test_auto_takes_reference_only_when_state_requires_grad(monkeypatch):
         return alif_sequence_reference(*args, **kwargs)
 
     monkeypatch.setattr(seq_module, "alif_sequence_reference", spy)
-    external, w_rec, state, pending, p, _ = _case(seed=6, steps=5, batch=1, n=3, n_delay=1, n_ref=0, dt=1.0)
+    external, w_rec, state, pending, p, _ = random_case(
+        seed=6, steps=5, batch=1, n=3, n_delay=1, n_ref=0, dt=1.0
+    )
     out = alif_sequence(external.requires_grad_(), w_rec.requires_grad_(), state, pending, p, impl="auto")
     assert calls == []  # a fast path: gradients only need to reach the current and the weights
     assert out.z.requires_grad
@@ -200,7 +162,9 @@ def test_auto_takes_reference_only_when_state_requires_grad(monkeypatch):
 
 
 def test_unknown_impl_rejected():
-    external, w_rec, state, pending, p, _ = _case(seed=7, steps=3, batch=1, n=2, n_delay=1, n_ref=0, dt=1.0)
+    external, w_rec, state, pending, p, _ = random_case(
+        seed=7, steps=3, batch=1, n=2, n_delay=1, n_ref=0, dt=1.0
+    )
     with pytest.raises(ValueError, match="impl"):
         alif_sequence(external, w_rec, state, pending, p, impl="cuda")
 
@@ -278,7 +242,7 @@ def test_auto_takes_native_only_up_to_its_size_limit(monkeypatch):
         monkeypatch.setattr(seq_module, name, spy)
     small = seq_module.NATIVE_MAX_NEURONS
     for n, want in ((small, "alif_sequence_native"), (small + 1, "alif_sequence_fused")):
-        external, w_rec, state, pending, p, _ = _case(
+        external, w_rec, state, pending, p, _ = random_case(
             seed=8, steps=2, batch=1, n=n, n_delay=1, n_ref=0, dt=1.0
         )
         alif_sequence(external, w_rec, state, pending, p, impl="auto")

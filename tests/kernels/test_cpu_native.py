@@ -10,15 +10,17 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_cases import random_case, run_with_grads
 
 from neuromorph.kernels import alif_sequence, alif_sequence_fused, alif_sequence_reference, cpu_native
 from neuromorph.layers import LeakyReadout, RecurrentSpikingLayer
-from neuromorph.neurons.alif import ALIFParameters, ALIFState
+from neuromorph.neurons.alif import ALIFState
 from neuromorph.spikes import Exponential, Sigmoid, Triangle
 
 pytestmark = pytest.mark.skipif(
     not cpu_native.available(), reason=f"native CPU kernels unavailable: {cpu_native.unavailable_reason()}"
 )
+
 
 F64 = torch.float64
 TOL = dict(rtol=1e-10, atol=1e-10)
@@ -36,48 +38,6 @@ SURROGATES = [
     Exponential(0.3, 2.0),
     Sigmoid(3.0),
 ]
-
-
-def _case(seed: int, steps: int, batch: int, n: int, n_delay: int, n_ref: int, dt: float, surrogate):
-    """Random float64 kernel inputs: currents of the order of the thresholds (neurons spike and sit in the
-    pseudo-derivative's support), some plain LIF neurons (beta = 0), a non-zero state and pending input."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape):
-        return torch.rand(*shape, generator=g, dtype=F64)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=g, dtype=F64)
-
-    p = ALIFParameters(
-        tau_mem=3.0 + 27.0 * rand(n),
-        tau_adapt=20.0 + 280.0 * rand(n),
-        beta=rand(n) * (rand(n) > 0.3),
-        threshold=0.3 + 0.5 * rand(n),
-        n_refractory=n_ref,
-        dt=dt,
-        surrogate=surrogate,
-    )
-    external = 1.0 + randn(steps + n_delay, batch, n)
-    w_rec = 0.5 * randn(n_delay, n, n)
-    state = ALIFState(
-        v=0.3 + 0.6 * randn(batch, n),
-        z=(rand(batch, n) > 0.6).to(F64) / dt,
-        b=0.2 * rand(batch, n),
-        refractory=torch.randint(0, n_ref + 1, (batch, n), generator=g).to(F64),
-    )
-    pending = 0.3 * randn(batch, n_delay, n)
-    w_out = randn(steps, batch, n)
-    return external, w_rec, state, pending, p, w_out
-
-
-def _run(fn, external, w_rec, state, pending, p, w_out):
-    ext = external.clone().requires_grad_()
-    w = w_rec.clone().requires_grad_()
-    out = fn(ext, w, state, pending, p)
-    loss = (out.z * w_out).sum() + 0.0 * (ext.sum() + w.sum())  # a graph even when z ignores the inputs
-    g_ext, g_w = torch.autograd.grad(loss, (ext, w))
-    return out, g_ext, g_w
 
 
 def _assert_close_outputs(out, ref, **tol):
@@ -108,9 +68,9 @@ def _sizes(draw):
 @settings(max_examples=40, deadline=None)
 @given(sizes=_sizes())
 def test_native_equals_reference(sizes):
-    case = _case(**sizes)
-    ref, g_ext_ref, g_w_ref = _run(alif_sequence_reference, *case)
-    nat, g_ext, g_w = _run(seq_module.alif_sequence_native, *case)
+    case = random_case(**sizes)
+    ref, g_ext_ref, g_w_ref = run_with_grads(alif_sequence_reference, *case)
+    nat, g_ext, g_w = run_with_grads(seq_module.alif_sequence_native, *case)
     assert nat.z.shape == (sizes["steps"], sizes["batch"], sizes["n"])
     assert nat.pending.shape == (sizes["batch"], sizes["n_delay"], sizes["n"])
     _assert_close_outputs(nat, ref, **TOL)
@@ -123,20 +83,20 @@ def test_native_equals_reference(sizes):
 def test_native_matches_fused(sizes):
     # Not bitwise in general: where several spikes reach one current in one step, the sum's order is
     # MKL's (it depends on the sizes and dtype). The store-recall float32 case is bitwise, below.
-    case = _case(**sizes)
+    case = random_case(**sizes)
     external, w_rec, state, pending, p, _ = case
     nat = seq_module.alif_sequence_native(external, w_rec, state, pending, p)
     fus = alif_sequence_fused(external, w_rec, state, pending, p)
     _assert_close_outputs(nat, fus, rtol=0, atol=1e-12)
     if sizes["steps"] >= sizes["n_delay"]:  # the fused backward needs T >= D
-        _, g_ext_f, g_w_f = _run(alif_sequence_fused, *case)
-        _, g_ext_n, g_w_n = _run(seq_module.alif_sequence_native, *case)
+        _, g_ext_f, g_w_f = run_with_grads(alif_sequence_fused, *case)
+        _, g_ext_n, g_w_n = run_with_grads(seq_module.alif_sequence_native, *case)
         torch.testing.assert_close(g_ext_n, g_ext_f, **TOL)
         torch.testing.assert_close(g_w_n, g_w_f, **TOL)
 
 
 def test_native_two_chunks_equal_one_piece():
-    external, w_rec, state, pending, p, _ = _case(
+    external, w_rec, state, pending, p, _ = random_case(
         seed=3, steps=25, batch=3, n=5, n_delay=3, n_ref=1, dt=1.0, surrogate=Triangle()
     )
     native = seq_module.alif_sequence_native
@@ -149,7 +109,7 @@ def test_native_two_chunks_equal_one_piece():
 
 
 def test_native_accepts_a_strided_external_current():
-    external, w_rec, state, pending, p, _ = _case(
+    external, w_rec, state, pending, p, _ = random_case(
         seed=4, steps=9, batch=3, n=4, n_delay=2, n_ref=0, dt=1.0, surrogate=Triangle()
     )
     batch_major = external.transpose(0, 1).contiguous().transpose(0, 1)  # same values, other strides
@@ -290,7 +250,7 @@ def test_auto_dispatches_to_native_on_cpu(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(seq_module, "alif_sequence_native", spy)
-    external, w_rec, state, pending, p, _ = _case(
+    external, w_rec, state, pending, p, _ = random_case(
         seed=1, steps=5, batch=1, n=3, n_delay=2, n_ref=0, dt=1.0, surrogate=Triangle()
     )
     alif_sequence(external, w_rec, state, pending, p)
@@ -307,7 +267,7 @@ def test_switch_off_by_environment(monkeypatch):
     monkeypatch.setenv("NEUROMORPH_NATIVE", "0")
     assert cpu_native.available() is False
     assert "NEUROMORPH_NATIVE" in cpu_native.unavailable_reason()
-    external, w_rec, state, pending, p, _ = _case(
+    external, w_rec, state, pending, p, _ = random_case(
         seed=2, steps=4, batch=1, n=2, n_delay=1, n_ref=0, dt=1.0, surrogate=Triangle()
     )
     with pytest.raises(RuntimeError, match="unavailable"):
@@ -329,10 +289,10 @@ def test_build_is_cached_and_failures_are_reported(monkeypatch, tmp_path):
     mtime = so.stat().st_mtime_ns
     assert cpu_native._build_and_load() is not None
     assert so.stat().st_mtime_ns == mtime and len(list(tmp_path.iterdir())) == 1  # reused, no temp left
-    case = _case(seed=9, steps=30, batch=3, n=5, n_delay=3, n_ref=1, dt=0.5, surrogate=Triangle())
-    ref, g_ext_ref, g_w_ref = _run(alif_sequence_reference, *case)
+    case = random_case(seed=9, steps=30, batch=3, n=5, n_delay=3, n_ref=1, dt=0.5, surrogate=Triangle())
+    ref, g_ext_ref, g_w_ref = run_with_grads(alif_sequence_reference, *case)
     monkeypatch.setattr(cpu_native, "_lib", lib)
-    nat, g_ext, g_w = _run(seq_module.alif_sequence_native, *case)
+    nat, g_ext, g_w = run_with_grads(seq_module.alif_sequence_native, *case)
     _assert_close_outputs(nat, ref, **TOL)
     torch.testing.assert_close(g_ext, g_ext_ref, **TOL)
     torch.testing.assert_close(g_w, g_w_ref, **TOL)

@@ -46,7 +46,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..neurons.alif import ALIFParameters, ALIFState, alif_step
+from ..neurons.alif import ALIFParameters, ALIFState, adaptive_threshold, alif_step
 from . import cpu_native
 
 __all__ = [
@@ -94,7 +94,7 @@ def alif_sequence_reference(
         buffer = buffer + (state.z @ w_all).view(-1, n_delay, n)
         buffer = torch.cat([buffer[:, :1] + current.unsqueeze(1), buffer[:, 1:]], dim=1)
         z, new_state = alif_step(buffer[:, 0], state, p)
-        as_.append(p.threshold + p.beta * new_state.b)
+        as_.append(adaptive_threshold(new_state.b, p))
         buffer = torch.cat([buffer[:, 1:], torch.zeros_like(buffer[:, :1])], dim=1)
         state = new_state
         zs.append(z)

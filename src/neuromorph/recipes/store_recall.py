@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from ..data.store_recall import StoreRecallBatch, per_char_mean, recall_error, r
 from ..distributed import all_reduce_mean, wrap_ddp
 from ..layers import LeakyReadout, RecurrentSpikingLayer, RecurrentState
 from ..learning import firing_rate_loss
+from ..neurons.alif import ALIFState
 from ..report import build_report, plot_bars, plot_curves, plot_raster
 from ..runs import atomic_write_bytes
 from ..spikes import Triangle
@@ -103,8 +104,6 @@ class Config:
 
 def quick(cfg: Config) -> Config:
     """CPU-minutes version: batch 64; everything else as the tutorial."""
-    from dataclasses import replace
-
     return replace(cfg, batch_size=64)
 
 
@@ -170,8 +169,6 @@ def _state_tensors(prefix: str, state: RecurrentState | None) -> dict[str, torch
 
 
 def _load_state(prefix: str, tensors: dict[str, torch.Tensor], device) -> RecurrentState | None:
-    from ..neurons.alif import ALIFState
-
     if f"{prefix}pending" not in tensors:
         return None
     neurons = ALIFState(*(tensors[f"{prefix}{k}"].to(device) for k in ALIFState._fields))
