@@ -1,14 +1,32 @@
 """Recipes: one module per experiment, each with ``NAME``, ``PAPER``, ``SUMMARY``, a ``Config``
 dataclass (the paper-scale defaults), ``quick(cfg)`` (the CPU-minutes version), ``check(cfg)`` (raises
-before anything is written) and ``run(cfg, ctx)``."""
+before anything is written) and ``run(cfg, ctx)``.
+
+Every public module of this package (name not starting with ``_``) is a recipe and is registered under
+its ``NAME``: adding an experiment means adding one file, never editing a shared list."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from types import ModuleType
 
-from . import smnist, store_recall
 
-RECIPES: dict[str, ModuleType] = {m.NAME: m for m in (store_recall, smnist)}
+def _discover() -> dict[str, ModuleType]:
+    found: dict[str, ModuleType] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"{__name__}.{info.name}")
+        if mod.NAME in found:
+            raise RuntimeError(
+                f"two recipes are called {mod.NAME!r}: {found[mod.NAME].__name__} and {mod.__name__}"
+            )
+        found[mod.NAME] = mod
+    return found
+
+
+RECIPES: dict[str, ModuleType] = _discover()
 
 
 def get_recipe(name: str) -> ModuleType:
