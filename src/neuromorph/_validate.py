@@ -62,3 +62,14 @@ def sequence(name: str, x: torch.Tensor, features: int) -> None:
             f"{name} must have at least one time step and one sample, got shape {tuple(x.shape)}"
         )
     finite_tensor(name, x)
+
+
+def same_device_dtype(name: str, x: torch.Tensor, other_name: str, other: torch.Tensor) -> None:
+    """``x`` must live on ``other``'s device with its dtype (a layer's input and its weights). Checked
+    before the values are (a NaN check would otherwise synchronise with, or fail on, the wrong device);
+    a non-tensor ``x`` is left to :func:`sequence`."""
+    if isinstance(x, torch.Tensor) and (x.device != other.device or x.dtype != other.dtype):
+        raise ValueError(
+            f"{name} is {x.dtype} on {x.device} but {other_name} is {other.dtype} on {other.device}; "
+            f"move one of them (e.g. x.to(layer.{other_name}))"
+        )

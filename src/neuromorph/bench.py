@@ -187,7 +187,9 @@ def _reference_layer(case: Case, seed: int, impl: str):
             case.n_in, case.n_lif, case.n_alif, tau_mem=TAU_MEM, threshold=THRESHOLD, impl=impl, generator=g
         )
     else:
-        layer = FeedForwardSpikingLayer(case.n_in, case.n, tau_mem=TAU_MEM, threshold=THRESHOLD, generator=g)
+        layer = FeedForwardSpikingLayer(
+            case.n_in, case.n, tau_mem=TAU_MEM, threshold=THRESHOLD, impl=impl, generator=g
+        )
     with torch.no_grad():
         for w in layer.parameters():
             w.mul_(case.weight_gain)
@@ -210,7 +212,11 @@ def _neuromorph(case: Case, seed: int, x: torch.Tensor, r: torch.Tensor, impl: s
 
     note = ""
     if impl == "auto" and not case.recurrent:
-        note = "no fused feed-forward path yet: the same eager loop as `eager`"
+        from .kernels import triton_lif
+
+        note = (
+            "Triton kernels fused over time" if x.is_cuda and triton_lif.usable(x) else "fused PyTorch path"
+        )
     elif impl == "auto":
         from .kernels import cpu_native
         from .kernels.alif_sequence import NATIVE_MAX_NEURONS

@@ -4,19 +4,21 @@ whole-sequence autograd functions are allowed; compiling takes ~45 s on 2 cores,
 import pytest
 import torch
 
-from neuromorph.layers import LeakyReadout, RecurrentSpikingLayer
+from neuromorph.layers import FeedForwardSpikingLayer, LeakyReadout, RecurrentSpikingLayer
 
 
 class _Net(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
+        self.ff = FeedForwardSpikingLayer(5, 5, threshold=0.3, generator=torch.Generator().manual_seed(3))
         self.rsnn = RecurrentSpikingLayer(
             5, 3, 3, n_delay=2, n_refractory=1, generator=torch.Generator().manual_seed(0)
         )
         self.readout = LeakyReadout(6, 2, generator=torch.Generator().manual_seed(1))
 
     def forward(self, x):
-        z, _ = self.rsnn(x)
+        h, _ = self.ff(x)
+        z, _ = self.rsnn(h + x)
         out, _ = self.readout(z)
         return out
 

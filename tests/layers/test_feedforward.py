@@ -108,3 +108,35 @@ def test_constructor_validation(kwargs, name):
 def test_bad_input(x, match):
     with pytest.raises(ValueError, match=match):
         _layer()(x)
+
+
+@pytest.mark.parametrize("impl", ["reference", "fused", "native", "triton"])
+def test_every_impl_equals_the_manual_loop(impl):
+    layer = FeedForwardSpikingLayer(
+        3, 4, n_refractory=1, impl=impl, generator=torch.Generator().manual_seed(0)
+    )
+    x = _input().float()
+    p = LIFParameters(tau_mem=layer.tau_mem, threshold=layer.threshold, n_refractory=1)
+    with torch.no_grad():
+        layer.weight.abs_().mul_(0.1)
+        want, _ = _manual(x, layer.weight, None, p, lif_initial_state(2, 4))
+    z, _ = layer(x)
+    assert want.sum() > 0 and torch.equal(z.detach(), want)
+
+
+@pytest.mark.parametrize(
+    "x, match",
+    [
+        (torch.zeros(4, 2, 3, dtype=torch.float32), "x is torch.float32 on cpu but weight is torch.float64"),
+        (torch.zeros(4, 2, 3, dtype=F64, device="meta"), "x is torch.float64 on meta but weight"),
+        (torch.zeros(0, 2, 3, dtype=F64), "at least one time step"),
+    ],
+)
+def test_mismatched_or_empty_input(x, match):
+    with pytest.raises(ValueError, match=match):
+        _layer()(x)
+
+
+def test_impl_validated():
+    with pytest.raises(ValueError, match="impl must be one of"):
+        FeedForwardSpikingLayer(3, 4, impl="gpu")

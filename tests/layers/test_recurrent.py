@@ -347,3 +347,21 @@ def test_unknown_impl_set_later_is_rejected():
     layer.impl = "magic"
     with pytest.raises(ValueError, match="impl"):
         layer(torch.zeros(4, 1, 3, dtype=F64))
+
+
+@pytest.mark.parametrize(
+    "x, match",
+    [
+        (torch.zeros(5, 2, 3, dtype=torch.float32), "x is torch.float32 on cpu but w_in is torch.float64"),
+        (torch.zeros(5, 2, 3, dtype=F64, device="meta"), "x is torch.float64 on meta"),
+    ],
+)
+def test_input_on_other_device_or_dtype_rejected(x, match):
+    with pytest.raises(ValueError, match=match):
+        _layer(n_in=3)(x)
+
+
+def test_state_of_other_dtype_rejected():
+    layer = _layer(n_in=3)
+    with pytest.raises(ValueError, match="state.neurons.v is torch.float32"):
+        layer(torch.zeros(5, 2, 3, dtype=F64), layer.initial_state(2, dtype=torch.float32))

@@ -673,6 +673,92 @@ int NM_NAME(delayed_input_backward)(int64_t T, int64_t B, int64_t n_in, int64_t 
     return status;
 }
 
+/* Feed-forward LIF population over T steps (``lif_sequence._FusedLIF``, the operations of ``lif_step``):
+ * s = (v - thr) / thr; k = s > 0 (and r == 0); z = k / dt; v = (alpha * v + (1 - alpha) * I) - (thr * z_prev) * dt.
+ * cur, z_seq, s_seq [T, B, N]; spikes [T, B, N] bytes; v0, z0, r0 and v, z_last, r [B, N]. */
+int NM_NAME(lif_forward)(int64_t B, int64_t T, int64_t N, const R *restrict cur, const R *restrict v0,
+                         const R *restrict z0, const R *restrict r0, const R *restrict alpha,
+                         const R *restrict oma, const R *restrict thr, int64_t n_ref, double dt,
+                         R *restrict z_seq, R *restrict s_seq, unsigned char *restrict spikes, R *restrict v,
+                         R *restrict z_last, R *restrict r) {
+    const int64_t BN = B * N;
+    const R dt_r = (R)dt, nref = (R)n_ref;
+    const R spike_value = (R)1 / dt_r; /* z = H(.) / dt, rounded as torch's division of 1 by dt */
+    memcpy(v, v0, (size_t)BN * sizeof(R));
+    memcpy(r, r0, (size_t)BN * sizeof(R));
+    memcpy(z_last, z0, (size_t)BN * sizeof(R));
+    for (int64_t t = 0; t < T; ++t) {
+        const R *restrict it = cur + t * BN;
+        const R *restrict zp = t > 0 ? z_seq + (t - 1) * BN : z0;
+        R *restrict zt = z_seq + t * BN, *restrict st = s_seq + t * BN;
+        unsigned char *restrict kt = spikes + t * BN;
+        for (int64_t bi = 0; bi < B; ++bi) {
+            const int64_t o = bi * N;
+            for (int64_t j = 0; j < N; ++j) {
+                const int64_t e = o + j;
+                const R s = (v[e] - thr[j]) / thr[j];
+                int k = s > 0;
+                if (n_ref > 0) {
+                    const R re = r[e] - (R)1, rdec = re > 0 ? re : (R)0;
+                    k = k && (r[e] == 0);
+                    r[e] = k ? nref : rdec;
+                }
+                const R sc = it[e] * oma[j];
+                const R dec = alpha[j] * v[e];
+                const R reset = (thr[j] * zp[e]) * dt_r;
+                v[e] = (dec + sc) - reset;
+                st[e] = s;
+                zt[e] = k ? spike_value : (R)0;
+                kt[e] = (unsigned char)k;
+            }
+        }
+    }
+    if (T > 0) memcpy(z_last, z_seq + (T - 1) * BN, (size_t)BN * sizeof(R));
+    return 0;
+}
+
+/* BPTT of ``lif_forward`` (``lif_sequence._lif_backward_loop``): with gv = dL/dv(t+1) and gs(t+1) held,
+ * gz = g_z(t) + gv * (-thr dt); gv = alpha gv + gs / thr; gs = gz * dpsi(t); g_cur(t) = (1 - alpha) gv. */
+int NM_NAME(lif_backward)(int64_t B, int64_t T, int64_t N, const R *restrict g_z, const R *restrict dpsi,
+                          const R *restrict s_seq, double tri_gamma, double tri_width, const R *restrict alpha, const R *restrict oma, const R *restrict thr, double dt,
+                          R *restrict g_cur) {
+    const int64_t BN = B * N;
+    R *gv = calloc((size_t)(2 * BN + 2 * N + 1), sizeof(R));
+    if (!gv) return -1;
+    R *gs = gv + BN, *neg = gv + 2 * BN, *inv = neg + N;
+    for (int64_t j = 0; j < N; ++j) {
+        neg[j] = -thr[j] * (R)dt;
+        inv[j] = (R)1 / thr[j];
+    }
+    const R gamma = (R)tri_gamma, width = (R)tri_width, dt_r = (R)dt;
+    for (int64_t t = T - 1; t >= 0; --t) {
+        const R *restrict gzt = g_z + t * BN;
+        const R *restrict dpt = dpsi ? dpsi + t * BN : NULL, *restrict st = s_seq + t * BN;
+        R *restrict gc = g_cur + t * BN;
+        for (int64_t bi = 0; bi < B; ++bi) {
+            const int64_t o = bi * N;
+            for (int64_t j = 0; j < N; ++j) {
+                const int64_t e = o + j;
+                R d;
+                if (dpt) {
+                    d = dpt[e];
+                } else { /* spikes.Triangle.derivative(s) / dt, no refractory mask */
+                    const R u = (R)1 - NM_FABS(st[e]) / width;
+                    d = gamma * (u < 0 ? (R)0 : u);
+                    if (dt != 1.0) d = d / dt_r;
+                }
+                const R gz = NM_FMA(gv[e], neg[j], gzt[e]);
+                const R g = NM_FMA(gs[e], inv[j], alpha[j] * gv[e]);
+                gv[e] = g;
+                gs[e] = gz * d;
+                gc[e] = g * oma[j];
+            }
+        }
+    }
+    free(gv);
+    return 0;
+}
+
 #undef R
 #if NM_SIMD
 #undef NM_V

@@ -47,6 +47,7 @@ __all__ = [
     "delayed_input_backward",
     "NativeALIF",
     "NativeDelayedInput",
+    "NativeLIF",
 ]
 
 _SOURCE = Path(__file__).with_name("_alif_cpu.c")
@@ -145,6 +146,10 @@ def _declare(lib: ctypes.CDLL) -> None:
         # B, T, N, D, g_z, z, s, a, dpsi, tri_gamma, tri_width, z0, r0, w_all, alpha, rho, beta,
         # n_ref, dt, g_fut, g_w
         "alif_backward": [i64] * 4 + [ptr] * 5 + [f64, f64] + [ptr] * 6 + [i64, f64] + [ptr] * 2,
+        # B, T, N, cur, v0, z0, r0, alpha, oma, thr, n_ref, dt, z, s, spikes, v, z_last, r
+        "lif_forward": [i64] * 3 + [ptr] * 7 + [i64, f64] + [ptr] * 6,
+        # B, T, N, g_z, dpsi, s, tri_gamma, tri_width, alpha, oma, thr, dt, g_cur
+        "lif_backward": [i64] * 3 + [ptr] * 3 + [f64, f64] + [ptr] * 3 + [f64, ptr],
         # T, B, n_in, N, D, x, w_in, delay, fut
         "delayed_input_forward": [i64] * 5 + [ptr] * 4,
         # T, B, n_in, N, D, x, delay, g_fut, g_st, g_sb, g_w_in
@@ -439,3 +444,74 @@ class NativeDelayedInput(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             g_w = delayed_input_backward(x, g_current, delay, ctx.n_delay)
         return None, g_w, None, None
+
+
+def lif_forward(current, v0, z0, r0, alpha, one_minus_alpha, thr, n_ref: int, dt: float):
+    """The feed-forward LIF loop of ``lif_sequence._FusedLIF`` in C: ``current`` ``[T, B, N]``, state
+    ``[B, N]``, per-neuron constants ``[N]``. Returns ``z, s`` ``[T, B, N]``, the spikes as ``bool`` and the
+    final ``v, z, r``."""
+    dtype = current.dtype
+    fn = _function("lif_forward", dtype)
+    n_steps, batch, n = current.shape
+    current = _arg(current, dtype, (n_steps, batch, n), "current")
+    v0, z0, r0 = _args(dtype, (batch, n), v0=v0, z0=z0, r0=r0)
+    alpha, oma, thr = _args(dtype, (n,), alpha=alpha, one_minus_alpha=one_minus_alpha, thr=thr)
+    z, s = torch.empty_like(current), torch.empty_like(current)
+    spikes = torch.empty(current.shape, dtype=torch.bool)
+    v, z_last, r = (torch.empty(batch, n, dtype=dtype) for _ in range(3))
+    status = fn(
+        batch, n_steps, n, _p(current), _p(v0), _p(z0), _p(r0), _p(alpha), _p(oma), _p(thr), int(n_ref),
+        float(dt), _p(z), _p(s), _p(spikes), _p(v), _p(z_last), _p(r),
+    )  # fmt: skip
+    _check(status, "lif_forward")
+    return z, s, spikes, v, z_last, r
+
+
+def lif_backward(g_z, dpsi, s, alpha, one_minus_alpha, thr, dt: float, triangle=None) -> torch.Tensor:
+    """BPTT of :func:`lif_forward`: ``dL/dI`` ``[T, B, N]`` from ``dL/dz`` and ``dpsi`` (the masked
+    pseudo-derivative over ``dt``); or ``dpsi=None, triangle=(gamma, width)`` to evaluate the
+    :class:`~neuromorph.spikes.Triangle` derivative of ``s`` in the kernel (no refractory mask)."""
+    dtype = s.dtype
+    fn = _function("lif_backward", dtype)
+    shape = tuple(s.shape)
+    g_z, s = _args(dtype, shape, g_z=g_z, s=s)
+    if dpsi is not None:
+        dpsi, (gamma, width) = _arg(dpsi, dtype, shape, "dpsi"), (0.0, 1.0)
+    elif triangle is not None:
+        gamma, width = (float(v) for v in triangle)
+    else:
+        raise ValueError("pass dpsi or triangle=(gamma, width)")
+    alpha, oma, thr = _args(dtype, (shape[2],), alpha=alpha, one_minus_alpha=one_minus_alpha, thr=thr)
+    g_cur = torch.empty(shape, dtype=dtype)
+    status = fn(
+        shape[1], shape[0], shape[2], _p(g_z), _p(dpsi) if dpsi is not None else None, _p(s), gamma, width,
+        _p(alpha), _p(oma), _p(thr), float(dt), _p(g_cur),
+    )  # fmt: skip
+    _check(status, "lif_backward")
+    return g_cur
+
+
+class NativeLIF(torch.autograd.Function):
+    """Same signature and outputs as ``lif_sequence._FusedLIF``, the loops in C."""
+
+    @staticmethod
+    def forward(ctx, current, v0, z0, r0, alpha, one_minus_alpha, thr, n_ref, dt, surrogate):
+        z, s, spikes, v, z_last, r = lif_forward(current, v0, z0, r0, alpha, one_minus_alpha, thr, n_ref, dt)
+        ctx.save_for_backward(spikes, s, r0, alpha, one_minus_alpha, thr)
+        ctx.n_ref, ctx.dt, ctx.surrogate = int(n_ref), float(dt), surrogate
+        ctx.mark_non_differentiable(v, z_last, r)
+        return z, v, z_last, r
+
+    @staticmethod
+    def backward(ctx, g_z, *_unused):
+        from .lif_sequence import _dpsi
+
+        spikes, s, r0, alpha, one_minus_alpha, thr = ctx.saved_tensors
+        if g_z is None:
+            return (None,) * 10
+        if type(ctx.surrogate) is Triangle and ctx.n_ref == 0:  # in the kernel: no [T, B, N] temporaries
+            dpsi, triangle = None, (ctx.surrogate.gamma, ctx.surrogate.width)
+        else:
+            dpsi, triangle = _dpsi(ctx.surrogate, s, spikes, r0, ctx.n_ref, ctx.dt), None
+        g_cur = lif_backward(g_z, dpsi, s, alpha, one_minus_alpha, thr, ctx.dt, triangle=triangle)
+        return (g_cur,) + (None,) * 9

@@ -2,8 +2,9 @@
 
     I(t) = x(t) @ W (+ bias);   (z(t), state(t)) = lif_step(I(t), state(t-1))
 
-LIF conventions of the LSNN-official code (``neurons/lif.py``); the loop is the eager reference (the
-fused recurrent kernel covers the recurrent case, which is where time is spent).
+LIF conventions of the LSNN-official code (``neurons/lif.py``). The projection is one matrix product over
+all steps; the loop over time is :func:`neuromorph.kernels.lif_sequence` (fused BPTT on CPU, Triton on
+CUDA, the eager reference when gradients must reach the initial state; ``impl`` selects one).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from torch import nn
 
 from .. import _validate
 from ..families import BIASES, TAUS, THRESHOLDS, WEIGHTS
-from ..neurons.lif import LIFParameters, LIFState, lif_initial_state, lif_step
+from ..kernels.lif_sequence import LIF_IMPLEMENTATIONS, lif_sequence
+from ..neurons.lif import LIFParameters, LIFState, lif_initial_state
 from ..spikes import Surrogate, Triangle
 
 __all__ = ["FeedForwardSpikingLayer"]
@@ -37,6 +39,7 @@ class FeedForwardSpikingLayer(nn.Module):
         dt: float = 1.0,
         bias: bool = False,
         surrogate: Surrogate = Triangle(gamma=0.3),
+        impl: str = "auto",
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -46,6 +49,9 @@ class FeedForwardSpikingLayer(nn.Module):
         _validate.positive("threshold", threshold)
         _validate.non_negative_int("n_refractory", n_refractory)
         _validate.positive("dt", dt)
+        if impl not in LIF_IMPLEMENTATIONS:
+            raise ValueError(f"impl must be one of {LIF_IMPLEMENTATIONS}, got {impl!r}")
+        self.impl = impl
         self.n_in, self.n_out, self.n_refractory, self.dt, self.surrogate = (
             n_in,
             n_out,
@@ -63,6 +69,7 @@ class FeedForwardSpikingLayer(nn.Module):
         return lif_initial_state(batch_size, self.n_out, device=device or self.weight.device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, state: LIFState | None = None) -> tuple[torch.Tensor, LIFState]:
+        _validate.same_device_dtype("x", x, "weight", self.weight)
         _validate.sequence("x", x, self.n_in)
         if state is None:
             state = self.initial_state(x.shape[1], device=x.device, dtype=x.dtype)
@@ -70,8 +77,4 @@ class FeedForwardSpikingLayer(nn.Module):
         if self.bias is not None:
             current = current + self.bias
         p = LIFParameters(self.tau_mem, self.threshold, self.n_refractory, self.dt, self.surrogate)
-        zs = []
-        for i_t in current.unbind(0):
-            z, state = lif_step(i_t, state, p)
-            zs.append(z)
-        return torch.stack(zs), state
+        return lif_sequence(current, state, p, self.impl)

@@ -50,6 +50,7 @@ class LeakyReadout(nn.Module):
 
     def filtered(self, z: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
         """The filtered spikes ``y`` ``[T, B, n_in]``."""
+        _validate.same_device_dtype("z", z, "weight", self.weight)
         _validate.sequence("z", z, self.n_in)
         kappa = torch.exp(-self.dt / self.tau_out)
         return exp_filter(z, kappa, state)

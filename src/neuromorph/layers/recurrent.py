@@ -193,14 +193,17 @@ class RecurrentSpikingLayer(nn.Module):
             neurons, torch.zeros(batch_size, self.n_delay, self.n, device=device, dtype=dtype)
         )
 
-    def _check_state(self, state: RecurrentState, batch: int) -> None:
+    def _check_state(self, state: RecurrentState, x: torch.Tensor) -> None:
         if not isinstance(state, RecurrentState):
             raise ValueError(f"state must be a RecurrentState (or None), got {type(state).__name__}")
+        batch = x.shape[1]
         for name, t in zip(ALIFState._fields, state.neurons, strict=True):
+            _validate.same_device_dtype(f"state.neurons.{name}", t, "x", x)
             if tuple(t.shape) != (batch, self.n):
                 raise ValueError(
                     f"state.neurons.{name} must have shape {(batch, self.n)}, got {tuple(t.shape)}"
                 )
+        _validate.same_device_dtype("state.pending", state.pending, "x", x)
         if tuple(state.pending.shape) != (batch, self.n_delay, self.n):
             want = (batch, self.n_delay, self.n)
             raise ValueError(f"state.pending must have shape {want}, got {tuple(state.pending.shape)}")
@@ -234,11 +237,12 @@ class RecurrentSpikingLayer(nn.Module):
         return current
 
     def _run(self, x: torch.Tensor, state: RecurrentState | None, impl: str):
+        _validate.same_device_dtype("x", x, "w_in", self.w_in)
         _validate.sequence("x", x, self.n_in)
         if state is None:
             state = self.initial_state(x.shape[1], device=x.device, dtype=x.dtype)
         else:
-            self._check_state(state, x.shape[1])
+            self._check_state(state, x)
         w_rec = self._delayed(self.effective_w_rec(), self.rec_delay)
         out = alif_sequence(
             self.external_current(x), w_rec, state.neurons, state.pending, self.parameters_for_neurons(), impl
