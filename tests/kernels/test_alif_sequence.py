@@ -121,7 +121,7 @@ def test_pending_slot_d_arrives_at_step_d(impl):
     assert not out.pending.any()
 
 
-def test_auto_uses_reference_when_state_requires_grad():
+def test_auto_differentiates_the_initial_state_like_the_reference():
     external, w_rec, state, pending, p, w_out = random_case(
         seed=5, steps=12, batch=2, n=4, n_delay=2, n_ref=1, dt=1.0
     )
@@ -141,24 +141,53 @@ def test_auto_uses_reference_when_state_requires_grad():
     assert pending_g.grad is not None and pending_g.grad.abs().max() > 0
 
 
-def test_auto_takes_reference_only_when_state_requires_grad(monkeypatch):
+@settings(max_examples=30, deadline=None)
+@given(sizes=_sizes(), weights=st.lists(st.floats(-1, 1), min_size=4, max_size=4))
+def test_fused_state_gradients_equal_reference(sizes, weights):
+    """Gradients to every initial-state tensor and from every final-state tensor (and the spikes)."""
+    external, w_rec, state, pending, p, w_out = random_case(**sizes)
+    c_v, c_z, c_b, c_p = weights
+
+    def grads(fn):
+        ext, w = external.clone().requires_grad_(), w_rec.clone().requires_grad_()
+        v0, z0, b0, pend = (t.clone().requires_grad_() for t in (state.v, state.z, state.b, pending))
+        out = fn(ext, w, ALIFState(v0, z0, b0, state.refractory), pend, p)
+        final = out.state
+        loss = (out.z * w_out).sum() + c_v * final.v.square().sum() + c_b * final.b.sum()
+        loss = loss + c_z * final.z.sum() + c_p * out.pending.square().sum()
+        loss = loss + 0.0 * (ext.sum() + w.sum() + v0.sum() + z0.sum() + b0.sum() + pend.sum())
+        return torch.autograd.grad(loss, (ext, w, v0, z0, b0, pend))
+
+    names = ["ext", "w", "v0", "z0", "b0", "pending"]
+    for a, b, name in zip(grads(alif_sequence_fused), grads(alif_sequence_reference), names, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=name)
+
+
+def test_auto_dispatch_by_what_needs_gradients(monkeypatch):
     calls = []
+    for name in ("alif_sequence_reference", "alif_sequence_fused", "alif_sequence_native"):
+        real = getattr(seq_module, name)
 
-    def spy(*args, **kwargs):
-        calls.append("reference")
-        return alif_sequence_reference(*args, **kwargs)
+        def spy(*args, _real=real, _name=name, **kwargs):
+            calls.append(_name.rsplit("_", 1)[1])
+            return _real(*args, **kwargs)
 
-    monkeypatch.setattr(seq_module, "alif_sequence_reference", spy)
+        monkeypatch.setattr(seq_module, name, spy)
     external, w_rec, state, pending, p, _ = random_case(
         seed=6, steps=5, batch=1, n=3, n_delay=1, n_ref=0, dt=1.0
     )
+    fast = "native" if seq_module._native_supported(external, w_rec, state, pending) else "fused"
+    if not seq_module.cpu_native.available():
+        fast = "fused"
     out = alif_sequence(external.requires_grad_(), w_rec.requires_grad_(), state, pending, p, impl="auto")
-    assert calls == []  # a fast path: gradients only need to reach the current and the weights
-    assert out.z.requires_grad
+    assert calls == [fast] and out.z.requires_grad  # gradients only to the current and the weights
     alif_sequence(external, w_rec, state._replace(b=state.b.clone().requires_grad_()), pending, p)
-    assert calls == ["reference"]
+    assert calls[-1] == "fused"  # the initial state needs a gradient: the native path gives none
+    tau = torch.as_tensor(p.tau_mem).clone().requires_grad_()
+    alif_sequence(external, w_rec, state, pending, p._replace(tau_mem=tau))
+    assert calls[-1] == "reference"  # a parameter needs a gradient: only the reference gives one
     alif_sequence(external, w_rec, state, pending, p, impl="reference")
-    assert calls == ["reference", "reference"]
+    assert calls[-1] == "reference"
 
 
 def test_unknown_impl_rejected():

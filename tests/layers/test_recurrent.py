@@ -365,3 +365,35 @@ def test_state_of_other_dtype_rejected():
     layer = _layer(n_in=3)
     with pytest.raises(ValueError, match="state.neurons.v is torch.float32"):
         layer(torch.zeros(5, 2, 3, dtype=F64), layer.initial_state(2, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("impl", ["auto", "fused", "reference"])
+@pytest.mark.parametrize("every", [1, 4, 9, 50])
+def test_checkpointing_gives_the_same_spikes_and_gradients(impl, every):
+    torch.manual_seed(0)
+    x = (torch.rand(23, 2, 3, dtype=F64) < 0.4).to(F64)
+    r = torch.randn(23, 2, 4, dtype=F64)
+    plain = _layer(n_in=3, n_delay=3, n_refractory=1, impl=impl)
+    ckpt = _layer(n_in=3, n_delay=3, n_refractory=1, impl=impl, checkpoint_every=every)
+    z_plain, s_plain = plain(x)
+    z_ckpt, s_ckpt = ckpt(x)
+    (z_plain * r).sum().backward()
+    (z_ckpt * r).sum().backward()
+    assert torch.equal(z_plain, z_ckpt)
+    for a, b in zip(s_plain.neurons, s_ckpt.neurons, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+    for name in ("w_in", "w_rec"):
+        torch.testing.assert_close(
+            getattr(ckpt, name).grad, getattr(plain, name).grad, rtol=1e-10, atol=1e-12
+        )
+
+
+@pytest.mark.parametrize("every", [0, -3, 2.5, True])
+def test_checkpoint_every_validated(every):
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        _layer(checkpoint_every=every)
+
+
+def test_checkpointing_refuses_the_native_path():
+    with pytest.raises(ValueError, match="checkpoint_every needs impl"):
+        _layer(impl="native", checkpoint_every=10)

@@ -19,18 +19,22 @@ Three implementations with the same numerics:
     One autograd node for the whole sequence. The forward loop runs without autograd and keeps only
     what the backward needs (scaled voltage ``s(t)``, threshold ``A(t)``, spikes); the backward is the
     hand-derived BPTT below. About 5x faster on CPU for LSNN-sized layers. Gradients flow to the
-    external current and the recurrent weights; the initial state is treated as a constant
-    (``dispatch`` falls back to ``reference`` when a state tensor requires grad).
+    external current, the recurrent weights and the initial state (``v``, ``z``, ``b``, pending input),
+    and from the spikes and the final state (``v``, ``z``, ``b``, pending), so sequences can be split
+    into chunks (``checkpoint_every``) without cutting BPTT; the neuron parameters are constants
+    (``auto`` takes ``reference`` when one requires grad).
 ``native``
     The fused algorithm in plain C (``cpu_native.py``, built on first use), event-driven over spikes,
-    about 5x faster than ``fused`` at the store-recall size. CPU only; the same floating-point
-    operations as ``fused`` (up to the order in which MKL sums several spikes reaching one current;
-    the store-recall float32 spikes are bit-identical). ``auto`` prefers it on CPU.
+    about 5x faster than ``fused`` at the store-recall size; differentiates the spikes only (the
+    initial and final states are constants, ``auto`` takes ``fused`` when a state requires grad).
+    CPU only; the same floating-point operations as ``fused`` (up to the order in which MKL sums
+    several spikes reaching one current; the store-recall float32 spikes are bit-identical). ``auto``
+    prefers it on CPU.
 
 Backward of the fused path (adjoints ``g``; ``psi`` the pseudo-derivative, ``m`` the not-refractory
 mask, ``s(t) = (v(t-1) - A(t)) / A(t)``):
 
-    gz(t)    = dL/dz(t) + [from steps > t, accumulated below]
+    gz(t)    = dL/dz(t) + [from steps > t, accumulated below; at t = -1 the gradient of z(-1)]
     gs       = gz(t) * m(t) * psi(s(t)) / dt
     gA       = gs * (-(s(t) + 1) / A(t)) - gv(t) * z(t-1) * dt
     gb(t)    = rho * gb(t+1) + beta * gA
@@ -38,6 +42,7 @@ mask, ``s(t) = (v(t-1) - A(t)) / A(t)``):
     gz(t-1) += -A(t) * dt * gv(t) + (1 - rho) * gb(t) + sum_d W_d gI(t + d)
     gv(t-1)  = alpha * gv(t) + gs / A(t)
     dL/dW_d  = sum_t z(t-1)^T gI(t + d)
+    dL/dv(-1) = gv(-1),  dL/db(-1) = gb(-1),  dL/dpending[d] = gI(d)
 """
 
 from __future__ import annotations
@@ -50,7 +55,9 @@ from ..neurons.alif import ALIFParameters, ALIFState, adaptive_threshold, alif_s
 from . import cpu_native
 
 __all__ = [
+    "CheckpointedResult",
     "SequenceResult",
+    "alif_sequence_checkpointed",
     "alif_sequence",
     "alif_sequence_reference",
     "alif_sequence_fused",
@@ -148,11 +155,11 @@ class _FusedALIF(torch.autograd.Function):
         v_seq[:-1] = a_seq[1:] * (s_seq[1:] + 1.0)
         v_seq[-1] = v
         z_last = z_prev.clone()
-        ctx.mark_non_differentiable(v_seq, a_seq, v, z_last, b, r, pending)
+        ctx.mark_non_differentiable(v_seq, a_seq, r)
         return z_seq, v_seq, a_seq, v, z_last, b, r, pending
 
     @staticmethod
-    def backward(ctx, g_z, *_unused):
+    def backward(ctx, g_z, _g_v_seq, _g_a_seq, g_v_last, g_z_last, g_b_last, _g_r, g_pending_out):
         w_all, z0, r0, z_seq, s_seq, a_seq, alpha, rho, beta = ctx.saved_tensors
         n_ref, dt, n_delay = ctx.n_ref, ctx.dt, ctx.n_delay
         n_steps, batch, n = z_seq.shape
@@ -165,23 +172,29 @@ class _FusedALIF(torch.autograd.Function):
         inv_a = a_seq.reciprocal()
         c = -(s_seq + 1.0) * inv_a
         z_prev_seq = torch.cat([z0.unsqueeze(0), z_seq[:-1]])
-        gz = g_z.contiguous().clone()
         g_fut = torch.zeros(batch, n_steps + n_delay, n, device=z_seq.device, dtype=z_seq.dtype)
         g_fut_flat = g_fut.view(batch, (n_steps + n_delay) * n)
         w_t = w_all.t().contiguous()  # [D*N, N]
-        gv = torch.zeros(batch, n, device=z_seq.device, dtype=z_seq.dtype)
-        gb = torch.zeros_like(gv)
+        # The final state is differentiable: its adjoints start the loop (zero when it is unused).
+        gv, gb, carry = (
+            g.clone() if g is not None else torch.zeros(batch, n, device=z_seq.device, dtype=z_seq.dtype)
+            for g in (g_v_last, g_b_last, g_z_last)
+        )  # carry: dL/dz(t) from steps > t, so that g_z itself is never copied
+        if g_pending_out is not None:
+            g_fut[:, n_steps:] = g_pending_out
         g_a = torch.empty_like(gv)
         g_s = torch.empty_like(gv)
+        g_z0 = torch.zeros_like(gv) if ctx.needs_input_grad[3] else None
         one_minus_alpha, one_minus_rho = 1.0 - alpha, 1.0 - rho
         for t in range(n_steps - 1, -1, -1):
-            torch.mul(gz[t], dpsi[t], out=g_s)
+            torch.add(g_z[t], carry, out=g_s).mul_(dpsi[t])
             torch.mul(g_s, c[t], out=g_a).addcmul_(gv, z_prev_seq[t], value=-dt)
             gb.addcmul_(g_a, beta)
             torch.mul(gv, one_minus_alpha, out=g_fut[:, t])
-            if t > 0:
-                g_prev = gz[t - 1]
-                g_prev.addcmul_(gv, a_seq[t], value=-dt).addcmul_(gb, one_minus_rho)
+            # z(t-1) reaches v(t) (reset), b(t) (adaptation) and the currents of steps t .. t+D-1
+            g_prev = carry if t > 0 else g_z0
+            if g_prev is not None:
+                torch.mul(gv, a_seq[t], out=g_prev).mul_(-dt).addcmul_(gb, one_minus_rho)
                 g_prev.addmm_(g_fut_flat[:, t * n : (t + n_delay) * n], w_t)
             gv.mul_(alpha).addcmul_(g_s, inv_a[t])
             gb.mul_(rho)
@@ -190,11 +203,15 @@ class _FusedALIF(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             g_w = torch.empty_like(w_all)
             zp = z_prev_seq.reshape(n_steps * batch, n)
-            gi = g_current[:n_steps].contiguous()
+            gi = g_current.contiguous()  # all T + D slots: the pending output may carry gradients too
             for d in range(n_delay):
-                rows = max(n_steps - d, 0) * batch  # a chunk shorter than the delay: no gradient there
-                g_w[:, d * n : (d + 1) * n] = zp[:rows].t() @ gi[d:].reshape(rows, n)
-        return (g_current,) + (g_w,) + (None,) * 12
+                g_w[:, d * n : (d + 1) * n] = zp.t() @ gi[d : d + n_steps].reshape(n_steps * batch, n)
+        # After the loop gv = dL/dv(-1) and gb = dL/db(-1): the gradients of the initial state; the
+        # input on its way (pending) joined the currents of the first D steps.
+        g_v0 = gv if ctx.needs_input_grad[2] else None
+        g_b0 = gb if ctx.needs_input_grad[4] else None
+        g_pending = g_fut[:, :n_delay].clone() if ctx.needs_input_grad[6] else None
+        return (g_current, g_w, g_v0, g_z0, g_b0, None, g_pending) + (None,) * 7
 
 
 def _not_refractory(z_bin: torch.Tensor, r0: torch.Tensor, n_ref: int) -> torch.Tensor:
@@ -210,7 +227,8 @@ def _not_refractory(z_bin: torch.Tensor, r0: torch.Tensor, n_ref: int) -> torch.
 
 def _apply(function, external, w_rec, state: ALIFState, pending, p: ALIFParameters) -> SequenceResult:
     """Call a whole-sequence autograd function (``_FusedALIF`` or ``cpu_native.NativeALIF``, which
-    share one signature) with per-neuron constants and the delay-major weight matrix."""
+    share one signature) with per-neuron constants and the delay-major weight matrix. Only the fused
+    path differentiates the initial state; the native one gets it detached."""
     n = external.shape[-1]
     n_delay = w_rec.shape[0]
     w_all = w_rec.permute(1, 0, 2).reshape(n, n_delay * n)
@@ -219,10 +237,13 @@ def _apply(function, external, w_rec, state: ALIFState, pending, p: ALIFParamete
     beta, thr = (
         like * torch.as_tensor(x, dtype=external.dtype, device=external.device) for x in (p.beta, p.threshold)
     )
+    initial = (state.v, state.z, state.b, state.refractory.detach(), pending)
+    if function is not _FusedALIF:
+        initial = tuple(t.detach() for t in initial)
     z, v_seq, a_seq, v, z_last, b, r, fut = function.apply(
         external,
         w_all,
-        *(t.detach() for t in (state.v, state.z, state.b, state.refractory, pending)),
+        *initial,
         alpha,
         rho,
         beta,
@@ -231,7 +252,7 @@ def _apply(function, external, w_rec, state: ALIFState, pending, p: ALIFParamete
         float(p.dt),
         p.surrogate,
     )
-    return SequenceResult(z, v_seq, a_seq, ALIFState(v=v, z=z_last.detach(), b=b, refractory=r), fut)
+    return SequenceResult(z, v_seq, a_seq, ALIFState(v=v, z=z_last, b=b, refractory=r), fut)
 
 
 def alif_sequence_fused(
@@ -287,21 +308,82 @@ def alif_sequence(
     impl: str = "auto",
 ) -> SequenceResult:
     """Run the population over ``external`` ``[T + D, B, N]`` (see the reference for the layout).
-    ``impl="auto"`` takes the reference when gradients must reach the initial state or pending
-    currents; else the native C path (``cpu_native``) for CPU tensors of at most
-    ``NATIVE_MAX_NEURONS`` neurons when it is available; else the fused path."""
+    ``impl="auto"`` takes the reference when gradients must reach a neuron parameter; the fused path
+    when they must reach the initial state; else the native C path (``cpu_native``) for CPU tensors of
+    at most ``NATIVE_MAX_NEURONS`` neurons when it is available; else the fused path."""
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
-    needs_state_grad = any(t.requires_grad for t in (*state, pending)) or any(
+    needs_param_grad = any(
         isinstance(x, torch.Tensor) and x.requires_grad for x in (p.tau_mem, p.tau_adapt, p.beta, p.threshold)
     )
-    if impl == "reference" or (impl == "auto" and needs_state_grad):
+    needs_state_grad = any(t.requires_grad for t in (*state, pending))
+    if impl == "reference" or (impl == "auto" and needs_param_grad):
         return alif_sequence_reference(external, w_rec, state, pending, p)
     if impl == "native" or (
         impl == "auto"
+        and not needs_state_grad
         and external.shape[-1] <= NATIVE_MAX_NEURONS
         and _native_supported(external, w_rec, state, pending)
         and cpu_native.available()
     ):
         return alif_sequence_native(external, w_rec, state, pending, p)
     return alif_sequence_fused(external, w_rec, state, pending, p)
+
+
+class CheckpointedResult(NamedTuple):
+    """Spikes ``[T, B, N]``, the final neuron state and the pending currents ``[B, D, N]`` of
+    :func:`alif_sequence_checkpointed` (voltages and thresholds are not kept: that is the point)."""
+
+    z: torch.Tensor
+    state: ALIFState
+    pending: torch.Tensor
+
+
+def alif_sequence_checkpointed(
+    external: torch.Tensor,
+    w_rec: torch.Tensor,
+    state: ALIFState,
+    pending: torch.Tensor,
+    p: ALIFParameters,
+    every: int,
+    impl: str = "auto",
+) -> CheckpointedResult:
+    """BPTT in memory that grows with ``T / every`` states instead of ``T`` steps of intermediates.
+
+    The sequence is cut into chunks of ``every`` steps; each chunk runs under
+    :func:`torch.utils.checkpoint.checkpoint`, so its forward keeps nothing but its inputs, and the
+    backward runs it again to get what its BPTT needs. The state (including the currents still on
+    their way through the delays) flows from chunk to chunk with its gradient, so the gradients are
+    those of one uncut run (to rounding: the chunk boundary adds the external current in another
+    order). Chunks run ``fused`` (``impl="reference"`` to check; the native path cannot pass gradients
+    between chunks). The cost: one more forward pass."""
+    from torch.utils.checkpoint import checkpoint
+
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"checkpoint_every must be a positive int (steps per chunk), got {every!r}")
+    if impl not in ("auto", "fused", "reference"):
+        raise ValueError(f"checkpointed chunks run impl 'auto', 'fused' or 'reference', got {impl!r}")
+    chunk_impl = "reference" if impl == "reference" else "fused"
+    n_delay = w_rec.shape[0]
+    n_steps = external.shape[0] - n_delay
+    if n_steps < 1:
+        raise ValueError(f"external must hold at least one step beyond the {n_delay} delay rows")
+
+    def chunk(ext, w, v, z, b, r, pend, t0: int, t1: int):
+        if t1 < n_steps:  # the rows spilling past this chunk belong to the next one
+            ext = torch.cat([ext[t0:t1], ext.new_zeros(n_delay, *ext.shape[1:])])
+        else:
+            ext = ext[t0:]
+        run = alif_sequence_reference if chunk_impl == "reference" else alif_sequence_fused
+        out = run(ext, w, ALIFState(v, z, b, r), pend, p)
+        return (out.z, *out.state, out.pending)
+
+    zs = []
+    v, z, b, r = state
+    for t0 in range(0, n_steps, every):
+        t1 = min(t0 + every, n_steps)
+        z_chunk, v, z, b, r, pending = checkpoint(
+            chunk, external, w_rec, v, z, b, r, pending, t0, t1, use_reentrant=False
+        )
+        zs.append(z_chunk)
+    return CheckpointedResult(torch.cat(zs), ALIFState(v, z, b, r), pending)

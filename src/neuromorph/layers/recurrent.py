@@ -28,7 +28,12 @@ from torch import nn
 from .. import _validate
 from ..families import ADAPTATION, TAUS, THRESHOLDS, WEIGHTS
 from ..kernels import cpu_native
-from ..kernels.alif_sequence import IMPLEMENTATIONS, NATIVE_MAX_NEURONS, alif_sequence
+from ..kernels.alif_sequence import (
+    IMPLEMENTATIONS,
+    NATIVE_MAX_NEURONS,
+    alif_sequence,
+    alif_sequence_checkpointed,
+)
 from ..neurons.alif import ALIFParameters, ALIFState, alif_initial_state
 from ..spikes import Surrogate, Triangle
 
@@ -70,7 +75,11 @@ class RecurrentSpikingLayer(nn.Module):
     ``forward(x, state=None) -> (z, state)`` with ``x`` ``[T, B, n_in]`` and ``z`` ``[T, B, N]``;
     ``trace(x, state=None) -> (SpikeTrace, state)`` also returns voltages and thresholds.
     Defaults are the LSNN store-recall tutorial's (tau_mem 20 ms, tau_adapt 1200 ms, beta 1.7,
-    b0 0.01, pseudo-derivative ``Triangle(0.3)``)."""
+    b0 0.01, pseudo-derivative ``Triangle(0.3)``).
+
+    ``checkpoint_every=k`` trades compute for memory in training: the sequence runs in chunks of ``k``
+    steps under activation checkpointing (``kernels.alif_sequence.alif_sequence_checkpointed``), so
+    BPTT over ``T = 10,000`` steps keeps ``T / k`` states instead of every step's intermediates."""
 
     families = {
         "w_in": WEIGHTS,
@@ -98,6 +107,7 @@ class RecurrentSpikingLayer(nn.Module):
         dale: float | None = None,
         generator: torch.Generator | None = None,
         impl: str = "auto",
+        checkpoint_every: int | None = None,
     ) -> None:
         super().__init__()
         _validate.positive_int("n_in", n_in)
@@ -124,6 +134,13 @@ class RecurrentSpikingLayer(nn.Module):
             raise ValueError(f"dale (fraction of excitatory neurons) must be in [0, 1] or None, got {dale!r}")
         if impl not in IMPLEMENTATIONS:
             raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
+        if checkpoint_every is not None:
+            _validate.positive_int("checkpoint_every", checkpoint_every)
+            if impl == "native":
+                raise ValueError(
+                    "checkpoint_every needs impl 'auto', 'fused' or 'reference', got impl='native'"
+                )
+        self.checkpoint_every = checkpoint_every
         n = n_lif + n_alif
         self.n_in, self.n_lif, self.n_alif, self.n = n_in, n_lif, n_alif, n
         self.n_refractory, self.n_delay, self.dt, self.surrogate, self.impl = (
@@ -236,7 +253,7 @@ class RecurrentSpikingLayer(nn.Module):
             current[k : k + n_steps] += y_k
         return current
 
-    def _run(self, x: torch.Tensor, state: RecurrentState | None, impl: str):
+    def _run(self, x: torch.Tensor, state: RecurrentState | None, impl: str, checkpointed: bool = False):
         _validate.same_device_dtype("x", x, "w_in", self.w_in)
         _validate.sequence("x", x, self.n_in)
         if state is None:
@@ -244,9 +261,12 @@ class RecurrentSpikingLayer(nn.Module):
         else:
             self._check_state(state, x)
         w_rec = self._delayed(self.effective_w_rec(), self.rec_delay)
-        out = alif_sequence(
-            self.external_current(x), w_rec, state.neurons, state.pending, self.parameters_for_neurons(), impl
-        )
+        args = (self.external_current(x), w_rec, state.neurons, state.pending, self.parameters_for_neurons())
+        if checkpointed and self.checkpoint_every is not None and torch.is_grad_enabled():
+            # memory for T / k chunk states instead of T steps; only spikes and the state come back
+            out = alif_sequence_checkpointed(*args, every=self.checkpoint_every, impl=impl)
+        else:
+            out = alif_sequence(*args, impl)
         # The returned state continues the simulation; gradients stop at call boundaries (truncated
         # BPTT, as the official code feeds the last final state back as a constant). Run the whole
         # sequence in one call to backpropagate through all of it.
@@ -256,7 +276,7 @@ class RecurrentSpikingLayer(nn.Module):
         self, x: torch.Tensor, state: RecurrentState | None = None
     ) -> tuple[torch.Tensor, RecurrentState]:
         """Spikes ``[T, B, N]`` (differentiable) and the final state (detached)."""
-        out, state = self._run(x, state, self.impl)
+        out, state = self._run(x, state, self.impl, checkpointed=True)
         return out.z, state
 
     def trace(
