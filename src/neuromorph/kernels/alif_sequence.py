@@ -9,7 +9,7 @@ as in IGITUGraz/LSNN-official, in a buffer of *future* input currents: at step `
     I(t) = external(t) + pending(t)
     (z(t), state(t)) = alif_step(I(t), state(t-1))
 
-Three implementations with the same numerics:
+Implementations with the same numerics:
 
 ``reference``
     A literal per-step loop over :func:`neuromorph.neurons.alif.alif_step` under autograd. Slow
@@ -23,6 +23,9 @@ Three implementations with the same numerics:
     and from the spikes and the final state (``v``, ``z``, ``b``, pending), so sequences can be split
     into chunks (``checkpoint_every``) without cutting BPTT; the neuron parameters are constants
     (``auto`` takes ``reference`` when one requires grad).
+``triton``
+    The fused algorithm with each step's element-wise work as one Triton kernel around the recurrent
+    ``addmm`` (``triton_alif.py``); ``auto`` takes it on CUDA.
 ``native``
     The fused algorithm in plain C (``cpu_native.py``, built on first use), event-driven over spikes,
     about 5x faster than ``fused`` at the store-recall size; differentiates the spikes only (the
@@ -62,6 +65,7 @@ __all__ = [
     "alif_sequence_reference",
     "alif_sequence_fused",
     "alif_sequence_native",
+    "alif_sequence_triton",
 ]
 
 
@@ -110,10 +114,74 @@ def alif_sequence_reference(
     return SequenceResult(torch.stack(zs), torch.stack(vs), torch.stack(as_), state, buffer)
 
 
+class _Constants(NamedTuple):
+    """Per-neuron constants of one run ``[N]`` and the scalar settings."""
+
+    alpha: torch.Tensor
+    one_minus_alpha: torch.Tensor
+    rho: torch.Tensor
+    one_minus_rho: torch.Tensor
+    beta: torch.Tensor
+    thr: torch.Tensor
+    n_ref: int
+    dt: float
+
+
+class TorchSteps:
+    """The element-wise work of one step of ``_FusedALIF``, as torch ops (any device). The Triton path
+    (``kernels/triton_alif.py``) swaps in one kernel launch per step for each method."""
+
+    @staticmethod
+    def forward(cur_t, z_prev, v, b, r, k: _Constants, z_t, s_t, a_t) -> None:
+        """b = lerp(b, z_prev, 1 - rho); A = thr + beta b; s = (v - A) / A; z = H(s) (0 while r > 0) / dt;
+        r = n_ref on a spike else max(r - 1, 0); v = lerp(v, I, 1 - alpha) - dt A z_prev (in place)."""
+        b.lerp_(z_prev, k.one_minus_rho)
+        torch.addcmul(k.thr, k.beta, b, out=a_t)
+        torch.sub(v, a_t, out=s_t).div_(a_t)
+        if k.n_ref > 0:
+            torch.add(s_t, r, alpha=-1e30, out=z_t).gt_(0)  # no spike while r > 0
+            r.sub_(1).clamp_(min=0).lerp_(torch.full_like(r, float(k.n_ref)), z_t)
+        else:
+            z_t.copy_(s_t).gt_(0)
+        if k.dt != 1.0:
+            z_t.div_(k.dt)
+        v.lerp_(cur_t, k.one_minus_alpha).addcmul_(a_t, z_prev, value=-k.dt)
+
+    @staticmethod
+    def backward(g_z_t, carry, dpsi_t, s_t, a_t, z_prev, gv, gb, g_cur_t, g_prev, k: _Constants) -> None:
+        """One adjoint step (module docstring) in place: reads ``carry`` (dL/dz(t) from later steps),
+        writes ``g_cur_t`` = dL/dI(t) and, unless ``g_prev`` is None, the local part of dL/dz(t-1)
+        into it (the recurrent part is one matrix product the caller adds); updates gv, gb."""
+        g_s = torch.add(g_z_t, carry).mul_(dpsi_t)
+        inv_a = a_t.reciprocal()
+        g_a = torch.mul(g_s, (s_t + 1.0).mul_(inv_a).neg_()).addcmul_(gv, z_prev, value=-k.dt)
+        gb.addcmul_(g_a, k.beta)
+        torch.mul(gv, k.one_minus_alpha, out=g_cur_t)
+        if g_prev is not None:
+            torch.mul(gv, a_t, out=g_prev).mul_(-k.dt).addcmul_(gb, k.one_minus_rho)
+        gv.mul_(k.alpha).addcmul_(g_s, inv_a)
+        gb.mul_(k.rho)
+
+
 class _FusedALIF(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx, external, w_all, v0, z0, b0_state, r0, pending0, alpha, rho, beta, thr, n_ref, dt, surrogate
+        ctx,
+        external,
+        w_all,
+        v0,
+        z0,
+        b0_state,
+        r0,
+        pending0,
+        alpha,
+        rho,
+        beta,
+        thr,
+        n_ref,
+        dt,
+        surrogate,
+        steps,
     ):
         n = external.shape[-1]
         n_delay = w_all.shape[1] // n
@@ -128,28 +196,16 @@ class _FusedALIF(torch.autograd.Function):
         z_seq = torch.empty(n_steps, batch, n, device=dev, dtype=dt_)
         s_seq = torch.empty_like(z_seq)
         a_seq = torch.empty_like(z_seq)
-        v, b, r = v0.clone(), b0_state.clone(), r0.clone()
-        one_minus_alpha, one_minus_rho = 1.0 - alpha, 1.0 - rho
-        nref_full = torch.full_like(r, float(n_ref))
-        z_prev = z0
+        v, b, r = v0.detach().clone(), b0_state.detach().clone(), r0.clone()
+        k = _Constants(alpha, 1.0 - alpha, rho, 1.0 - rho, beta, thr, int(n_ref), float(dt))
+        z_prev = z0.detach()
         for t in range(n_steps):
             fut_flat[:, t * n : (t + n_delay) * n].addmm_(z_prev, w_all)
-            b.lerp_(z_prev, one_minus_rho)
-            a_t, s_t, z_t = a_seq[t], s_seq[t], z_seq[t]
-            torch.addcmul(thr, beta, b, out=a_t)
-            torch.sub(v, a_t, out=s_t).div_(a_t)
-            if n_ref > 0:
-                torch.add(s_t, r, alpha=-1e30, out=z_t).gt_(0)  # no spike while r > 0
-                r.sub_(1).clamp_(min=0).lerp_(nref_full, z_t)
-            else:
-                z_t.copy_(s_t).gt_(0)
-            if dt != 1.0:
-                z_t.div_(dt)
-            v.lerp_(fut[:, t], one_minus_alpha).addcmul_(a_t, z_prev, value=-dt)
-            z_prev = z_t
+            steps.forward(fut[:, t], z_prev, v, b, r, k, z_seq[t], s_seq[t], a_seq[t])
+            z_prev = z_seq[t]
         pending = fut[:, n_steps:].clone()
-        ctx.save_for_backward(w_all, z0, r0, z_seq, s_seq, a_seq, alpha, rho, beta)
-        ctx.n_ref, ctx.dt, ctx.surrogate, ctx.n_delay = n_ref, dt, surrogate, n_delay
+        ctx.save_for_backward(w_all, z0, r0, z_seq, s_seq, a_seq)
+        ctx.constants, ctx.surrogate, ctx.n_delay, ctx.steps = k, surrogate, n_delay, steps
         # v(t) for t < T-1 is recoverable from the next step: v(t) = A(t+1) * (s(t+1) + 1).
         v_seq = torch.empty_like(z_seq)
         v_seq[:-1] = a_seq[1:] * (s_seq[1:] + 1.0)
@@ -160,18 +216,16 @@ class _FusedALIF(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_z, _g_v_seq, _g_a_seq, g_v_last, g_z_last, g_b_last, _g_r, g_pending_out):
-        w_all, z0, r0, z_seq, s_seq, a_seq, alpha, rho, beta = ctx.saved_tensors
-        n_ref, dt, n_delay = ctx.n_ref, ctx.dt, ctx.n_delay
+        w_all, z0, r0, z_seq, s_seq, a_seq = ctx.saved_tensors
+        k, n_delay, steps = ctx.constants, ctx.n_delay, ctx.steps
         n_steps, batch, n = z_seq.shape
         if g_z is None:
             g_z = torch.zeros_like(z_seq)
-        # Vectorised per-step factors: pseudo-derivative (zero while refractory), dA terms.
-        dpsi = ctx.surrogate.derivative(s_seq) / dt
-        if n_ref > 0:
-            dpsi = dpsi * _not_refractory(z_seq * dt, r0, n_ref)
-        inv_a = a_seq.reciprocal()
-        c = -(s_seq + 1.0) * inv_a
-        z_prev_seq = torch.cat([z0.unsqueeze(0), z_seq[:-1]])
+        # The pseudo-derivative (zero while refractory), vectorised over the sequence.
+        dpsi = ctx.surrogate.derivative(s_seq) / k.dt
+        if k.n_ref > 0:
+            dpsi = dpsi * _not_refractory(z_seq * k.dt, r0, k.n_ref)
+        z_prev_seq = torch.cat([z0.detach().unsqueeze(0), z_seq[:-1]])
         g_fut = torch.zeros(batch, n_steps + n_delay, n, device=z_seq.device, dtype=z_seq.dtype)
         g_fut_flat = g_fut.view(batch, (n_steps + n_delay) * n)
         w_t = w_all.t().contiguous()  # [D*N, N]
@@ -182,22 +236,15 @@ class _FusedALIF(torch.autograd.Function):
         )  # carry: dL/dz(t) from steps > t, so that g_z itself is never copied
         if g_pending_out is not None:
             g_fut[:, n_steps:] = g_pending_out
-        g_a = torch.empty_like(gv)
-        g_s = torch.empty_like(gv)
         g_z0 = torch.zeros_like(gv) if ctx.needs_input_grad[3] else None
-        one_minus_alpha, one_minus_rho = 1.0 - alpha, 1.0 - rho
         for t in range(n_steps - 1, -1, -1):
-            torch.add(g_z[t], carry, out=g_s).mul_(dpsi[t])
-            torch.mul(g_s, c[t], out=g_a).addcmul_(gv, z_prev_seq[t], value=-dt)
-            gb.addcmul_(g_a, beta)
-            torch.mul(gv, one_minus_alpha, out=g_fut[:, t])
             # z(t-1) reaches v(t) (reset), b(t) (adaptation) and the currents of steps t .. t+D-1
             g_prev = carry if t > 0 else g_z0
+            steps.backward(
+                g_z[t], carry, dpsi[t], s_seq[t], a_seq[t], z_prev_seq[t], gv, gb, g_fut[:, t], g_prev, k
+            )
             if g_prev is not None:
-                torch.mul(gv, a_seq[t], out=g_prev).mul_(-dt).addcmul_(gb, one_minus_rho)
                 g_prev.addmm_(g_fut_flat[:, t * n : (t + n_delay) * n], w_t)
-            gv.mul_(alpha).addcmul_(g_s, inv_a[t])
-            gb.mul_(rho)
         g_current = g_fut.transpose(0, 1)
         g_w = None
         if ctx.needs_input_grad[1]:
@@ -211,7 +258,7 @@ class _FusedALIF(torch.autograd.Function):
         g_v0 = gv if ctx.needs_input_grad[2] else None
         g_b0 = gb if ctx.needs_input_grad[4] else None
         g_pending = g_fut[:, :n_delay].clone() if ctx.needs_input_grad[6] else None
-        return (g_current, g_w, g_v0, g_z0, g_b0, None, g_pending) + (None,) * 7
+        return (g_current, g_w, g_v0, g_z0, g_b0, None, g_pending) + (None,) * 8
 
 
 def _not_refractory(z_bin: torch.Tensor, r0: torch.Tensor, n_ref: int) -> torch.Tensor:
@@ -225,7 +272,7 @@ def _not_refractory(z_bin: torch.Tensor, r0: torch.Tensor, n_ref: int) -> torch.
     return ((recent.round() == 0) & (r0.unsqueeze(0) <= steps)).to(z_bin.dtype)
 
 
-def _apply(function, external, w_rec, state: ALIFState, pending, p: ALIFParameters) -> SequenceResult:
+def _apply(function, external, w_rec, state: ALIFState, pending, p: ALIFParameters, *extra) -> SequenceResult:
     """Call a whole-sequence autograd function (``_FusedALIF`` or ``cpu_native.NativeALIF``, which
     share one signature) with per-neuron constants and the delay-major weight matrix. Only the fused
     path differentiates the initial state; the native one gets it detached."""
@@ -251,6 +298,7 @@ def _apply(function, external, w_rec, state: ALIFState, pending, p: ALIFParamete
         int(p.n_refractory),
         float(p.dt),
         p.surrogate,
+        *extra,
     )
     return SequenceResult(z, v_seq, a_seq, ALIFState(v=v, z=z_last, b=b, refractory=r), fut)
 
@@ -263,7 +311,7 @@ def alif_sequence_fused(
     p: ALIFParameters,
 ) -> SequenceResult:
     """Hand-written BPTT (module docstring); same arguments and numerics as the reference."""
-    return _apply(_FusedALIF, external, w_rec, state, pending, p)
+    return _apply(_FusedALIF, external, w_rec, state, pending, p, TorchSteps)
 
 
 def alif_sequence_native(
@@ -282,6 +330,30 @@ def alif_sequence_native(
     return _apply(cpu_native.NativeALIF, external, w_rec, state, pending, p)
 
 
+def alif_sequence_triton(
+    external: torch.Tensor,
+    w_rec: torch.Tensor,
+    state: ALIFState,
+    pending: torch.Tensor,
+    p: ALIFParameters,
+) -> SequenceResult:
+    """The fused algorithm with one Triton kernel per step (``triton_alif.py``) around the recurrent
+    matrix product: CUDA float32 (or CPU under ``TRITON_INTERPRET=1``); same arguments and gradients."""
+    from . import triton_alif
+
+    if not triton_alif.usable(external):
+        raise RuntimeError(f"impl='triton' is unavailable here: {triton_alif.unavailable_reason(external)}")
+    return _apply(_FusedALIF, external, w_rec, state, pending, p, triton_alif.TritonSteps)
+
+
+def _triton_preferred(external: torch.Tensor) -> bool:
+    if not external.is_cuda:
+        return False
+    from . import triton_alif
+
+    return triton_alif.usable(external)
+
+
 def _native_supported(
     external: torch.Tensor, w_rec: torch.Tensor, state: ALIFState, pending: torch.Tensor
 ) -> bool:
@@ -291,7 +363,7 @@ def _native_supported(
     )
 
 
-IMPLEMENTATIONS = ("auto", "reference", "fused", "native")
+IMPLEMENTATIONS = ("auto", "reference", "fused", "native", "triton")
 # The C backward sums the delayed recurrent adjoint densely without BLAS (B*N*D*N per step); beyond a
 # few hundred neurons MKL's multithreaded products in the fused path win. Measured on the 2-core dev
 # CPU, fwd+bwd: N=20/D=10 native 7x faster; N=220/D=10 3x faster; N=220/D=1 equal; N=512/D=1 fused
@@ -309,8 +381,9 @@ def alif_sequence(
 ) -> SequenceResult:
     """Run the population over ``external`` ``[T + D, B, N]`` (see the reference for the layout).
     ``impl="auto"`` takes the reference when gradients must reach a neuron parameter; the fused path
-    when they must reach the initial state; else the native C path (``cpu_native``) for CPU tensors of
-    at most ``NATIVE_MAX_NEURONS`` neurons when it is available; else the fused path."""
+    when they must reach the initial state (Triton steps on CUDA); else Triton on CUDA when it is
+    installed, the native C path (``cpu_native``) for CPU tensors of at most ``NATIVE_MAX_NEURONS``
+    neurons when it is available, else the fused path."""
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
     needs_param_grad = any(
@@ -319,6 +392,8 @@ def alif_sequence(
     needs_state_grad = any(t.requires_grad for t in (*state, pending))
     if impl == "reference" or (impl == "auto" and needs_param_grad):
         return alif_sequence_reference(external, w_rec, state, pending, p)
+    if impl == "triton" or (impl == "auto" and _triton_preferred(external)):
+        return alif_sequence_triton(external, w_rec, state, pending, p)
     if impl == "native" or (
         impl == "auto"
         and not needs_state_grad
@@ -363,7 +438,9 @@ def alif_sequence_checkpointed(
         raise ValueError(f"checkpoint_every must be a positive int (steps per chunk), got {every!r}")
     if impl not in ("auto", "fused", "reference"):
         raise ValueError(f"checkpointed chunks run impl 'auto', 'fused' or 'reference', got {impl!r}")
-    chunk_impl = "reference" if impl == "reference" else "fused"
+    chunk_impl = (
+        "reference" if impl == "reference" else ("triton" if _triton_preferred(external) else "fused")
+    )
     n_delay = w_rec.shape[0]
     n_steps = external.shape[0] - n_delay
     if n_steps < 1:
@@ -374,7 +451,9 @@ def alif_sequence_checkpointed(
             ext = torch.cat([ext[t0:t1], ext.new_zeros(n_delay, *ext.shape[1:])])
         else:
             ext = ext[t0:]
-        run = alif_sequence_reference if chunk_impl == "reference" else alif_sequence_fused
+        run = {"reference": alif_sequence_reference, "fused": alif_sequence_fused}.get(
+            chunk_impl, alif_sequence_triton
+        )
         out = run(ext, w, ALIFState(v, z, b, r), pend, p)
         return (out.z, *out.state, out.pending)
 
