@@ -197,7 +197,7 @@ def _reference_layer(case: Case, seed: int, impl: str):
 
 
 def _neuromorph(case: Case, seed: int, x: torch.Tensor, r: torch.Tensor, impl: str) -> _Workload:
-    layer = _reference_layer(case, seed, impl)
+    layer = _reference_layer(case, seed, impl).to(x.device)
 
     def step() -> torch.Tensor:
         layer.zero_grad(set_to_none=True)
@@ -211,12 +211,18 @@ def _neuromorph(case: Case, seed: int, x: torch.Tensor, r: torch.Tensor, impl: s
         return {"w_in": layer.weight.grad}
 
     note = ""
-    if impl == "auto" and not case.recurrent:
+    if impl == "auto" and x.is_cuda:
         from .kernels import triton_lif
 
-        note = (
-            "Triton kernels fused over time" if x.is_cuda and triton_lif.usable(x) else "fused PyTorch path"
-        )
+        triton_ok = triton_lif.usable(x)
+        if case.recurrent:
+            note = "Triton step kernels around cuBLAS" if triton_ok else "fused PyTorch path (cuBLAS)"
+        else:
+            note = "Triton kernels fused over time" if triton_ok else "fused PyTorch path"
+    elif impl == "auto" and not case.recurrent:
+        from .kernels import cpu_native
+
+        note = "native C loops" if cpu_native.available() else "fused PyTorch path"
     elif impl == "auto":
         from .kernels import cpu_native
         from .kernels.alif_sequence import NATIVE_MAX_NEURONS
@@ -252,7 +258,7 @@ def _snntorch(case: Case, seed: int, x: torch.Tensor, r: torch.Tensor) -> _Workl
             lif.recurrent.bias.zero_()
     else:
         lif = snn.Leaky(beta=alpha, threshold=THRESHOLD)
-    modules = torch.nn.ModuleList([fc, lif])
+    modules = torch.nn.ModuleList([fc, lif]).to(x.device)
 
     def step() -> torch.Tensor:
         modules.zero_grad(set_to_none=True)
@@ -295,6 +301,7 @@ def _norse(case: Case, seed: int, x: torch.Tensor, r: torch.Tensor) -> _Workload
         with torch.no_grad():
             fc.weight.copy_(w_in.T)
         cell = norse.LIFBoxCell(norse.LIFBoxParameters(tau_mem_inv=tau_mem_inv, v_th=thr), dt=dt)
+        fc.to(x.device)
         params = list(fc.parameters())
 
         def forward() -> torch.Tensor:
@@ -330,6 +337,7 @@ def _norse(case: Case, seed: int, x: torch.Tensor, r: torch.Tensor) -> _Workload
             autapses=False,
             dt=dt,
         )
+        cell.to(x.device)
         params = [cell.input_weights, cell.recurrent_weights]
 
         def forward() -> torch.Tensor:
@@ -367,6 +375,8 @@ def _spikingjelly(case: Case, seed: int, x: torch.Tensor, r: torch.Tensor) -> _W
         fc.weight.copy_(w_in.T)
     # H = V + (X - V) / tau: decay 1 - 1/tau = alpha and input scale 1 - alpha, as ours.
     node = neuron.LIFNode(tau=1.0 / (1.0 - alpha), v_threshold=THRESHOLD, v_reset=None, step_mode="m")
+    fc.to(x.device)
+    node.to(x.device)
 
     def step() -> torch.Tensor:
         fc.zero_grad(set_to_none=True)
@@ -453,11 +463,11 @@ def _memory_subprocess(case: Case, framework: str, seed: int, timeout: float = 6
 
 
 # -- measurement ----------------------------------------------------------------------------------------
-def _record(case: Case, framework: str, **fields) -> dict:
+def _record(case: Case, framework: str, device: str = "cpu", **fields) -> dict:
     rec = {
         "case": case.name,
         "framework": framework,
-        "device": "cpu",
+        "device": device,
         "fwd_bwd_ms_median": None,
         "peak_mem_mb": None,
         "grad_max_abs_err": None,
@@ -476,8 +486,12 @@ def measure(
     seed: int = 0,
     scale: float = 1.0,
     memory: bool = True,
+    device: str = "cpu",
 ) -> dict:
     """One record for ``framework`` on ``case`` (a name in :data:`CASES` or a :class:`Case`).
+
+    On ``device="cuda"`` times are taken after ``torch.cuda.synchronize()`` and the peak memory is the
+    growth of ``torch.cuda.max_memory_allocated`` during one run, measured in this process.
 
     Order: build (same weights as the reference), gradient check against ``eager`` (where the models
     agree), ``warmup`` untimed runs, ``repeats`` timed runs; then, with ``memory``, the peak-memory
@@ -492,19 +506,25 @@ def measure(
         raise ValueError(f"repeats must be a positive int, got {repeats!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup must be a non-negative int, got {warmup!r}")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available on this machine")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     case = case.scaled(scale)
     sizes = {"n_in": case.n_in, "n": case.n, "batch": case.batch, "steps": case.steps}
     why_not = _why_unavailable(framework)
     if why_not is not None:
-        return _record(case, framework, note=f"skipped: {why_not}", **sizes)
+        return _record(case, framework, device, note=f"skipped: {why_not}", **sizes)
 
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    x, r = _inputs(case, seed)
+    x, r = (t.to(dev) for t in _inputs(case, seed))
     work = _build(case, framework, seed, x, r)
     if work is None:
         return _record(
             case,
             framework,
+            device,
             note="skipped: SpikingJelly's fused multi-step LIF has no recurrent form (its recurrent "
             "containers are a Python step loop); not measured",
             **sizes,
@@ -521,19 +541,32 @@ def measure(
         flips = int((z != z_ref).sum())
         ok = err <= GRAD_TOLERANCE * max(scale_ref, 1e-30) and flips == 0
         work.note += f"; spikes differ from eager in {flips} entries; largest gradient entry {scale_ref:.3g}"
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         work.step()
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         work.step()
+        sync()
         times.append((time.perf_counter() - t0) * 1e3)
     note = f"spike rate {spike_rate:.2%}; " + work.note.lstrip("; ")
+    peak = None
+    if memory and dev.type == "cuda":
+        sync()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        work.step()
+        sync()
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     del work
-    peak = _memory_subprocess(case, framework, seed) if memory else None
+    if memory and dev.type == "cpu":
+        peak = _memory_subprocess(case, framework, seed)
     return _record(
         case,
         framework,
+        device,
         fwd_bwd_ms_median=round(statistics.median(times), 3),
         peak_mem_mb=None if peak is None else round(peak, 1),
         grad_max_abs_err=err,
@@ -559,6 +592,7 @@ def run_benchmark(
     scale: float = 1.0,
     memory: bool = True,
     progress: Callable[[dict], None] | None = None,
+    device: str = "cpu",
 ) -> list[dict]:
     """Records for every (case, framework); ``progress(record)`` is called after each one."""
     for c in cases:
@@ -568,7 +602,9 @@ def run_benchmark(
     records = []
     for c in cases:
         for fw in frameworks:
-            rec = measure(c, fw, repeats=repeats, warmup=warmup, seed=seed, scale=scale, memory=memory)
+            rec = measure(
+                c, fw, repeats=repeats, warmup=warmup, seed=seed, scale=scale, memory=memory, device=device
+            )
             records.append(rec)
             if progress is not None:
                 progress(rec)
