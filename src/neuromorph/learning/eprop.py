@@ -127,7 +127,7 @@ def eprop_with_signals(
         zeros = x.new_zeros(batch, n_pre, n)
         tr = EligibilityTraces(zeros, zeros.clone(), zeros.clone(), zeros.clone())
         g_w = x.new_zeros(n_pre, n)
-        zs = []
+        zs = x.new_empty(n_steps, batch, n)  # the only record that grows with T: the spikes themselves
         for t in range(n_steps):
             z_prev = neurons.z
             current = x[t] @ w_in + z_prev @ w_rec + pending[:, 0]
@@ -153,10 +153,10 @@ def eprop_with_signals(
             g_w += torch.einsum("bj,bij->ij", sig.to(x.dtype), tr.ez_bar)
             if on_step is not None:
                 on_step(t, z, sig)
-            zs.append(z)
+            zs[t] = z
         final = RecurrentState(neurons, pending)
     grads = {"w_in": g_w[: layer.n_in], "w_rec_effective": g_w[layer.n_in :]}
-    return EPropResult(torch.stack(zs), None, grads, final)
+    return EPropResult(zs, None, grads, final)
 
 
 def eprop_gradients(
@@ -192,7 +192,11 @@ def eprop_gradients(
     kappa = float(torch.exp(-readout.dt / readout.tau_out))
     w_out = readout.weight.detach()
     y = x.new_zeros(x.shape[1], n)
-    outputs, g_out_w, g_out_b = [], torch.zeros_like(w_out), x.new_zeros(k)
+    outputs, g_out_w, g_out_b = (
+        x.new_empty(x.shape[0], x.shape[1], k),
+        torch.zeros_like(w_out),
+        x.new_zeros(k),
+    )
 
     def signal(t: int, z_t: torch.Tensor) -> torch.Tensor:
         nonlocal y, g_out_w, g_out_b
@@ -205,7 +209,7 @@ def eprop_gradients(
             raise ValueError(
                 f"loss_grad must return dE/dout of shape {tuple(out.shape)}, got {tuple(err.shape)}"
             )
-        outputs.append(out)
+        outputs[t] = out
         g_out_w = g_out_w + y.t() @ err
         g_out_b = g_out_b + err.sum(0)
         return err @ (w_out if fb is None else fb).t()
@@ -214,7 +218,7 @@ def eprop_gradients(
     grads = dict(res.grads, **{"readout.weight": g_out_w})
     if readout.bias is not None:
         grads["readout.bias"] = g_out_b
-    return EPropResult(res.z, torch.stack(outputs), grads, res.state)
+    return EPropResult(res.z, outputs, grads, res.state)
 
 
 def apply_gradients(layer: RecurrentSpikingLayer, grads: dict[str, torch.Tensor], readout=None) -> None:
