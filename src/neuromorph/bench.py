@@ -642,10 +642,21 @@ def machine_info() -> dict:
     }
 
 
+def _gpu_slug() -> str:
+    name = torch.cuda.get_device_name().lower() if torch.cuda.is_available() else "cuda"
+    return "-".join(w for w in re.split(r"[^a-z0-9]+", name) if w)
+
+
 def write_results(records: list[dict], path: str | Path | None = None) -> Path:
-    """Write ``records`` as a JSON list to ``path`` (default ``benchmarks/results/<machine>.json``)
-    atomically (temporary file in the same folder + ``os.replace``); returns the path."""
-    path = Path(path) if path is not None else Path("benchmarks") / "results" / f"{machine_slug()}.json"
+    """Write ``records`` as a JSON list to ``path`` (default ``benchmarks/results/<machine>.json``, with
+    ``-<gpu>`` appended for CUDA records) atomically (temporary file in the same folder +
+    ``os.replace``); returns the path."""
+    if path is None:
+        slug = machine_slug()
+        if any(str(r.get("device", "cpu")).startswith("cuda") for r in records):
+            slug += "-" + _gpu_slug()
+        path = Path("benchmarks") / "results" / f"{slug}.json"
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -77,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--scale", type=float, default=1.0, help="multiply every size by this (0, 1] (smoke runs)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    b.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     return p
 
 
@@ -231,6 +232,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         scale=args.scale,
         memory=not args.no_memory,
         progress=progress,
+        device=str(_device(args.device)),
     )
     path = bench.write_results(records, args.json)
     print(bench.markdown_table(records))
