@@ -38,6 +38,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/alif_cpu.py
+	$(PY) benchmarks/analog.py
 	$(VENV)/bin/neuromorph bench
 
 # Peer libraries for `neuromorph bench`, installed so that the CPU torch stays: the `bench` extra holds
