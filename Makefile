@@ -39,6 +39,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/alif_cpu.py
 	$(PY) benchmarks/analog.py
+	$(PY) benchmarks/rewiring.py
 	$(VENV)/bin/neuromorph bench
 
 # Peer libraries for `neuromorph bench`, installed so that the CPU torch stays: the `bench` extra holds

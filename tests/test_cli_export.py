@@ -101,3 +101,31 @@ def test_export_errors(lif_run, tmp_path, capsys, monkeypatch):
     monkeypatch.delattr(smnist, "export_model")
     assert main(["export", str(lif_run), "-o", str(tmp_path / "m.nir")]) == 2
     assert "recipe 'smnist' has no NIR export" in capsys.readouterr().err
+
+
+TINY_STORE_RECALL = ["--set", "n_in=8", "--set", "n_lif=3", "--set", "n_alif=3", "--set", "n_chars=4",
+                     "--set", "char_ms=20", "--set", "batch_size=4", "--set", "iterations=4",
+                     "--set", "test_batches=1", "--set", "n_delay=3"]  # fmt: skip
+
+
+def test_store_recall_exports_its_lif_variant(tmp_path, capsys):
+    from neuromorph.recipes import store_recall
+
+    out = tmp_path / "sr"
+    assert (
+        main(["run", "store-recall", "--quick", "--no-progress", *TINY_STORE_RECALL, "--out", str(out)]) == 0
+    )
+    assert main(["export", str(out), "-o", str(tmp_path / "m.nir")]) == 0
+    graph = nmnir.read(tmp_path / "m.nir")
+    model = nmnir.load(graph)
+    x = (torch.rand(30, 2, 8, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    run = Run.open(out, is_writer=False)
+    net, _ = store_recall.export_model(config_from_dict(store_recall.Config, run.config), run)
+    want, _ = net(x)
+    got, _ = model(x)
+    assert torch.equal(got, want)
+    capsys.readouterr()
+    assert main(["run", "store-recall", "--quick", "--no-progress", *TINY_STORE_RECALL,
+                 "--set", "variants=[lsnn]", "--out", str(tmp_path / "sr2")]) == 0  # fmt: skip
+    assert main(["export", str(tmp_path / "sr2"), "-o", str(tmp_path / "m2.nir")]) == 2
+    assert "ALIF" in capsys.readouterr().err

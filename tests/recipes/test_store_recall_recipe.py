@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from neuromorph.cli import main
@@ -111,7 +112,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_store_recal
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["run", "no-such-recipe"], "known recipes: smnist, store-recall"),
+        (["run", "no-such-recipe"], "known recipes: "),
         (["run", "store-recall", "--set", "no_such_key=1"], "valid keys:"),
         (["run", "store-recall", "--set", "iterations=abc"], "iterations"),
         (["run", "store-recall", "--set", "iterations=0"], "iterations must be >= 1"),
@@ -174,3 +175,67 @@ def test_package_entry_point_is_installed():
     exe = Path(sys.executable).parent / "neuromorph"
     proc = subprocess.run([str(exe), "list"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "store-recall" in proc.stdout and "smnist" in proc.stdout
+
+
+def test_rewiring_deep_r_trains_under_a_connection_budget(tmp_path, tiny_store_recall):
+    out = tmp_path / "run"
+    args = [*tiny_store_recall, "--set", "rewiring=deep-r", "--set", "rewiring_connectivity=0.25"]
+    assert _run([*args, "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["rewiring"] == "deep-r" and results["budget_violations"] == 0
+    for variant in ("lsnn", "lif"):
+        w = load_file(str(out / f"{variant}.safetensors"))
+        n_in, n = w["rsnn.w_in"].shape
+        budget = round(0.25 * n_in * n) + round(0.25 * (n * n - n))  # autapses are not allowed connections
+        assert int((w["rsnn.w_in"] != 0).sum() + (w["rsnn.w_rec"] != 0).sum()) == budget
+        assert int((w["rsnn.w_rec"].diagonal() != 0).sum()) == 0
+        assert results["variants"][variant]["connectivity"] == budget / (n_in * n + n * n)
+
+
+def test_rewiring_sigkill_then_resume_equals_uninterrupted(tmp_path, tiny_store_recall):
+    args = [*tiny_store_recall, "--set", "rewiring=deep-r", "--set", "rewiring_temperature=1e-4",
+            "--set", "variants=[lsnn]", "--set", "iterations=12", "--set", "checkpoint_every=1",
+            "--seed", "2"]  # fmt: skip
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    assert _run([*args, "--out", str(ref)]) == 0
+    cmd = [sys.executable, "-m", "neuromorph.cli", "run", "store-recall", "--quick", "--no-progress", *args]
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if json.loads((killed / "checkpoint.json").read_text())["step"] >= 5:
+                break
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert main(["run", "--resume", str(killed), "--no-progress"]) == 0
+    ta, tb = load_file(str(ref / "lsnn.safetensors")), load_file(str(killed / "lsnn.safetensors"))
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert _metrics(ref) == _metrics(killed)
+    r1, r2 = (json.loads((d / "results.json").read_text()) for d in (ref, killed))
+    assert r1["lsnn_recall_error"] == r2["lsnn_recall_error"] and r2["budget_violations"] == 0
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--set", "rewiring=deepr"], "rewiring must be one of"),
+        (
+            ["--set", "rewiring=deep-r", "--set", "rewiring_connectivity=0"],
+            "rewiring_connectivity must be in (0, 1]",
+        ),
+        (
+            ["--set", "rewiring=deep-r", "--set", "rewiring_temperature=-1"],
+            "rewiring_temperature must be >= 0",
+        ),
+    ],
+)
+def test_rewiring_bad_input(args, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "store-recall", *args]) == 2
+    assert needle in capsys.readouterr().err

@@ -16,6 +16,12 @@ that the test error is measured on a converged network rather than one that just
 final network state is carried over to the next batch. Loss: cross-entropy of the readout averaged
 over each 200 ms character, at recall characters only, plus the firing-rate regulariser (10 Hz). Adam,
 lr 1e-2, x0.3 every 100 iterations. The test error is measured on ``test_batches`` new batches afterwards.
+
+``rewiring=deep-r`` trains the recurrent layer's input and recurrent weights under a global budget of
+``rewiring_connectivity`` of their entries (autapses excluded) with DEEP R around Adam, as the LSNN
+code's ``rewiring_optimizer_wrapper`` (Bellec et al., ICLR 2018; the sMNIST tutorial uses connectivity
+0.12, L1 1e-2, temperature 0). The active count is checked from the weights after every step
+(``budget_violations``, 0 expected); the readout stays dense.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from ..learning import firing_rate_loss
 from ..neurons.alif import ALIFState
 from ..report import build_report, plot_bars, plot_curves, plot_raster
 from ..runs import atomic_write_bytes
+from ..sparse import DeepR, rewiring_targets
 from ..spikes import Triangle
 from ._common import (
     Context,
@@ -50,6 +57,7 @@ NAME = "store-recall"
 PAPER = "Bellec et al. 2018, Long short-term memory and learning-to-learn in networks of spiking neurons"
 SUMMARY = "LSNN (10 LIF + 10 ALIF) solves store-recall over seconds; 20 LIF neurons do not"
 VARIANTS = ("lsnn", "lif")
+REWIRING = ("none", "deep-r")
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,10 @@ class Config:
     checkpoint_every: int = 25
     variants: tuple[str, ...] = VARIANTS
     impl: str = "auto"
+    rewiring: str = "none"  # "deep-r": DEEP R on the recurrent layer's w_in and w_rec (global budget)
+    rewiring_connectivity: float = 0.2
+    rewiring_l1: float = 1e-2
+    rewiring_temperature: float = 0.0
 
     def validate(self) -> None:
         for name in ("n_in", "batch_size", "iterations", "n_chars", "char_ms", "test_batches", "stop_window"):
@@ -100,6 +112,13 @@ class Config:
             raise ValueError(f"variants must be a non-empty subset of {VARIANTS}, got {self.variants!r}")
         if not 0 < self.stop_error < 1:
             raise ValueError(f"stop_error must be in (0, 1), got {self.stop_error}")
+        if self.rewiring not in REWIRING:
+            raise ValueError(f"rewiring must be one of {REWIRING}, got {self.rewiring!r}")
+        if not 0 < self.rewiring_connectivity <= 1:
+            raise ValueError(f"rewiring_connectivity must be in (0, 1], got {self.rewiring_connectivity}")
+        for name in ("rewiring_l1", "rewiring_temperature"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 def quick(cfg: Config) -> Config:
@@ -112,7 +131,8 @@ def check(cfg: Config) -> None:
     every constructor's own checks (the networks are cheap to build)."""
     cfg.validate()
     for variant in cfg.variants:
-        StoreRecallNetwork(cfg, variant, torch.Generator())
+        net = StoreRecallNetwork(cfg, variant, torch.Generator())
+        _rewiring(cfg, net, torch.optim.Adam(net.parameters(), lr=cfg.lr), 0)
 
 
 class StoreRecallNetwork(nn.Module):
@@ -175,6 +195,27 @@ def _load_state(prefix: str, tensors: dict[str, torch.Tensor], device) -> Recurr
     return RecurrentState(neurons, tensors[f"{prefix}pending"].to(device))
 
 
+def _rewiring(
+    cfg: Config, net: StoreRecallNetwork, opt: torch.optim.Optimizer, variant_id: int
+) -> DeepR | None:
+    """DEEP R around ``opt`` on the recurrent layer's weights (``rewiring=deep-r``), else None."""
+    if cfg.rewiring == "none":
+        return None
+    return DeepR(
+        opt,
+        rewiring_targets(net.rsnn),
+        connectivity=cfg.rewiring_connectivity,
+        budget="global",
+        l1=cfg.rewiring_l1,
+        temperature=cfg.rewiring_temperature,
+        seed=cfg.seed * 1000 + variant_id,
+    )
+
+
+def _active(net: StoreRecallNetwork) -> int:
+    return int(torch.count_nonzero(net.rsnn.w_in)) + int(torch.count_nonzero(net.rsnn.w_rec))
+
+
 def _lr(cfg: Config, iteration: int) -> float:
     return cfg.lr * cfg.lr_decay ** (iteration // cfg.lr_decay_every)
 
@@ -199,11 +240,13 @@ def run(cfg: Config, ctx: Context) -> dict:
     local_batch = cfg.batch_size // world
     done: dict[str, dict] = {}
     start_variant, start_iter, window, seconds_before, step, reached = 0, 0, [], 0.0, 0, None
+    violations = 0
     tensors, meta = ctx.resume if ctx.resume is not None else ({}, {})
     if meta:
         start_variant, start_iter = meta["variant_index"], meta["iteration"]
         window, seconds_before, step, done = meta["window"], meta["seconds"], meta["step"], meta["done"]
         reached = meta.get("reached")
+        violations = meta.get("budget_violations", 0)
         ctx.run.truncate_metrics(step)
     t_start = time.perf_counter()
     stopped = False
@@ -217,19 +260,35 @@ def run(cfg: Config, ctx: Context) -> dict:
         net = StoreRecallNetwork(cfg, variant, seeded_generator(cfg.seed, vid)).to(ctx.device)
         model = wrap_ddp(net, ctx.dist)
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+        rewiring = _rewiring(cfg, net, opt, vid)
+        stepper = rewiring or opt  # DEEP R steps the optimizer itself
         state = None
         first = start_iter if vi == start_variant else 0
         if vi == start_variant and meta.get("optimizer"):  # resumed in the middle of this variant
             load_module_tensors("net.", net, tensors)
             load_optimizer("opt.", opt, tensors, meta["optimizer"])
+            if rewiring is not None:
+                rewiring.load_state_tensors("rewiring.", tensors)
             state = _load_state("state.", tensors, ctx.device)
         else:
             window, reached = [], None
 
-        def checkpoint(next_iter: int, state, window: list, step: int, reached, vi=vi, net=net, opt=opt):
+        def checkpoint(
+            next_iter: int,
+            state,
+            window: list,
+            step: int,
+            reached,
+            violations: int,
+            vi=vi,
+            net=net,
+            opt=opt,
+            rewiring=rewiring,
+        ):
             opt_t, opt_meta = optimizer_tensors("opt.", opt)
+            rew_t = rewiring.state_tensors("rewiring.") if rewiring is not None else {}
             ctx.run.save_checkpoint(
-                {**module_tensors("net.", net), **opt_t, **_state_tensors("state.", state)},
+                {**module_tensors("net.", net), **opt_t, **rew_t, **_state_tensors("state.", state)},
                 {
                     "step": step,
                     "variant_index": vi,
@@ -238,6 +297,7 @@ def run(cfg: Config, ctx: Context) -> dict:
                     "reached": reached,
                     "seconds": elapsed(),
                     "done": done,
+                    "budget_violations": violations,
                     "optimizer": opt_meta,
                 },
             )
@@ -253,9 +313,11 @@ def run(cfg: Config, ctx: Context) -> dict:
             loss_recall = recall_loss(char_logits, batch)
             loss_reg = firing_rate_loss(z, target_hz=cfg.reg_rate_hz, coefficient=cfg.reg)
             loss = loss_recall + loss_reg
-            opt.zero_grad(set_to_none=True)
+            stepper.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            stepper.step()
+            if rewiring is not None:
+                violations += int(_active(net) != rewiring.budget_total)
             state = new_state.detach()
             err = all_reduce_mean(recall_error(char_logits.detach(), batch).item(), ctx.dist)
             loss_v = all_reduce_mean(loss.item(), ctx.dist)
@@ -279,10 +341,10 @@ def run(cfg: Config, ctx: Context) -> dict:
                 stopped = True
                 break
             if it % cfg.checkpoint_every == 0:
-                checkpoint(it, state, window, step, reached)
+                checkpoint(it, state, window, step, reached, violations)
         bar.close()
         if stopped:
-            checkpoint(it, state, window, step, reached)
+            checkpoint(it, state, window, step, reached, violations)
             return {"stopped": True, "step": step}
         test_error = _test(net, cfg, ctx, vid, local_batch, state)
         done[variant] = {
@@ -291,6 +353,7 @@ def run(cfg: Config, ctx: Context) -> dict:
             "iterations_to_criterion": reached,
             "train_recall_error_last_window": float(np.mean(window)),
             "seconds": elapsed(),
+            "connectivity": _active(net) / (net.rsnn.w_in.numel() + net.rsnn.w_rec.numel()),
         }
         if ctx.dist.is_main:
             from safetensors.torch import save
@@ -306,6 +369,7 @@ def run(cfg: Config, ctx: Context) -> dict:
                 "window": [],
                 "seconds": elapsed(),
                 "done": done,
+                "budget_violations": violations,
                 "optimizer": {},
             },
         )
@@ -326,7 +390,10 @@ def run(cfg: Config, ctx: Context) -> dict:
         "processes": world,
         "device": str(ctx.device),
         "variants": done,
+        "rewiring": cfg.rewiring,
     }
+    if cfg.rewiring != "none":
+        results["budget_violations"] = violations
     if "lsnn" in done and "lif" in done:
         results["claim_holds"] = bool(
             results["lsnn_recall_error"] < 0.05 and results["lif_recall_error"] > 0.35
@@ -336,6 +403,24 @@ def run(cfg: Config, ctx: Context) -> dict:
         _plots(cfg, ctx, done)
         build_report(ctx.run.dir)
     return results
+
+
+def export_model(cfg: Config, run) -> tuple[nn.Module, torch.Tensor]:
+    """The finished LIF-only network (variant ``lif``) for ``neuromorph export`` and a sample input;
+    the ``lsnn`` variant has ALIF neurons, which NIR 1.0 cannot express."""
+    from safetensors.torch import load_file
+
+    from ..layers import SpikingSequential
+
+    path = run.path("lif.safetensors")
+    if "lif" not in cfg.variants or not path.is_file():
+        raise ValueError(
+            f"run {run.dir} has no finished 'lif' variant ({path.name}); the 'lsnn' variant has ALIF "
+            "neurons, which NIR 1.0 cannot express"
+        )
+    net = StoreRecallNetwork(cfg, "lif", torch.Generator())
+    load_module_tensors("", net, load_file(str(path)))
+    return SpikingSequential({"rsnn": net.rsnn, "readout": net.readout}), torch.zeros(1, 1, cfg.n_in)
 
 
 def _plots(cfg: Config, ctx: Context, done: dict) -> None:
