@@ -358,3 +358,64 @@ def test_the_torch_path_for_non_cpu_weights_equals_the_numpy_path():
 
     for a, b in zip(run(False), run(True), strict=True):
         assert torch.equal(a, b)
+
+
+# -- the cheap step: one reused generator, cached views and buffers ---------------------------------
+
+
+def test_noise_of_a_later_step_comes_from_step_rng_of_that_step():
+    # DeepR jumps one generator to step n instead of building step_rng(seed, n): same numbers.
+    (w,) = _params((6, 7), seed=4)
+    lr, temp, seed = 0.01, 1e-3, 11
+    r = DeepR(torch.optim.SGD([w], lr=lr), [w], connections=8, l1=0.0, temperature=temp, seed=seed)
+    for n in range(4):
+        theta = r.theta.detach().clone()
+        w.grad = torch.zeros(6, 7)
+        r.step()
+        noise = torch.from_numpy(step_rng(seed, n).standard_normal(8, dtype="float32"))
+        want = theta + math.sqrt(2 * lr * temp) * noise
+        assert bool((want > 0).all()), "test set-up: no connection should die"
+        torch.testing.assert_close(r.theta.detach(), want, rtol=0, atol=0)
+
+
+def test_step_rng_is_a_function_of_seed_and_step_only():
+    a, b = step_rng(3, 5).random(4), step_rng(3, 5).random(4)
+    assert (a == b).all()
+    assert not (step_rng(3, 6).random(4) == a).any()
+    assert not (step_rng(4, 5).random(4) == a).any()
+    with pytest.raises(ValueError, match="step"):
+        step_rng(3, -1)
+
+
+def test_weights_whose_storage_is_replaced_are_still_written():
+    # the step caches numpy views of the weights; a new storage (w.data = ...) must be seen
+    ws = _params((5, 6), (4, 5), seed=6)
+    r = DeepR(torch.optim.SGD(ws, lr=0.5, momentum=0.9), ws, connectivity=0.3, budget="global", seed=2)
+    g = torch.Generator().manual_seed(0)
+    for k in range(6):
+        if k == 3:
+            for w in ws:
+                w.data = w.data.clone()
+        for w in ws:
+            w.grad = torch.randn(w.shape, generator=g)
+        r.step()
+        for w, sl, idx in zip(ws, r._slices(), r.positions(), strict=True):
+            expect = torch.zeros(w.numel())
+            expect[idx] = torch.from_numpy(r.sign[sl]) * r.theta.detach()[sl]
+            assert torch.equal(w.detach().view(-1), expect)
+        assert sum(int(torch.count_nonzero(w)) for w in ws) == r.budget_total
+
+
+def test_a_missing_weight_gradient_counts_as_zero():
+    ws = _params((4, 4), (3, 4), seed=9)
+    r = DeepR(torch.optim.SGD(ws, lr=0.1), ws, connectivity=0.5, l1=0.0, seed=1)
+    before = r.theta.detach().clone()
+    ws[0].grad = torch.ones(4, 4)
+    r.step()  # ws[1].grad is None: its slots must not move (a stale buffer would move them)
+    sl = r._slices()[1]
+    assert torch.equal(r.theta.detach()[sl], before[sl])
+    ws[0].grad = None
+    ws[1].grad = torch.ones(3, 4)
+    after_first = r.theta.detach().clone()
+    r.step()
+    assert torch.equal(r.theta.detach()[r._slices()[0]], after_first[r._slices()[0]])

@@ -189,6 +189,18 @@ def _evaluate_variant(cfg: Config, net: Classifier, vid: int, test, ctx: Context
 
 
 def run(cfg: Config, ctx: Context) -> dict:
+    # Multi-threaded CPU kernels here are not bitwise reproducible from process to process (a resumed
+    # run drifted in the 7th digit with 2 threads); the networks are small, so one thread costs little
+    # and makes --resume exact. GPU runs are unaffected.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(cfg, ctx)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: Config, ctx: Context) -> dict:
     cfg.validate()
     world = ctx.dist.world_size
     if cfg.batch_size % world:

@@ -47,7 +47,9 @@ Design (why it looks like this):
   fixed cost of a torch call (several microseconds) would dominate; it runs in numpy on host arrays
   (zero-copy views of CPU tensors; for CUDA weights theta and the positions are copied once per step).
 - Randomness: the initial connections and signs come from ``seed``; the noise and reconnections of step
-  n from ``numpy.random.default_rng([seed, 1, n])`` only, so a resumed run continues bit for bit.
+  n from ``step_rng(seed, n)`` only (a block of one PCG64 stream), so a resumed run continues bit for bit.
+- Cost: the step stays O(K) and, on CPU, allocates nothing of size K (buffers for theta's gradient,
+  the noise and the weights; numpy views of theta and the weights cached while their storage stays).
 
 Usage::
 
@@ -80,10 +82,22 @@ __all__ = ["DeepR", "BUDGETS", "step_rng"]
 BUDGETS = ("per-tensor", "global")
 
 
+def _stream(seed: int) -> np.random.PCG64:
+    """The PCG64 stream of DEEP R's steps, at step 0."""
+    return np.random.PCG64(np.random.SeedSequence([int(seed) % 2**63, 1]))
+
+
 def step_rng(seed: int, step: int) -> np.random.Generator:
     """The generator of DEEP R's step ``step``: noise first (``standard_normal(K)`` in theta's dtype,
-    only when T > 0), then the reconnections. A function of (seed, step) only."""
-    return np.random.default_rng([int(seed) % 2**63, 1, int(step)])
+    only when T > 0), then the reconnections. A function of (seed, step) only: step n owns the block
+    of 2**64 draws that starts n * 2**64 draws into one PCG64 stream of the seed (blocks never
+    overlap). :class:`DeepR` reuses one generator and jumps it (``advance``, O(1)): a fresh
+    ``default_rng`` costs tens of microseconds, a sizeable part of a step."""
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 <= step < 2**64:
+        raise ValueError(f"step must be an int in [0, 2**64), got {step!r}")
+    bits = _stream(seed)
+    bits.advance(int(step) << 64)
+    return np.random.Generator(bits)
 
 
 def check_hyper(l1, temperature, epsilon=None) -> None:
@@ -107,7 +121,10 @@ def _draw(
     """``n`` distinct flat positions drawn uniformly among the allowed inactive ones; marks them active.
 
     Rejection sampling (draw, drop active ones, keep first occurrences in draw order) while at least a
-    quarter of the allowed connections is dormant, else an exact draw from the dormant list."""
+    quarter of the allowed connections is dormant, else an exact draw from the dormant list. The
+    candidates are ``floor(u * n_allowed)`` of uniform doubles (``rng.random``; ``rng.integers`` costs
+    several times more for the few tens of candidates of a step); deduplication keeps first occurrences
+    with a dict for small batches (np.unique sorts, which costs more there)."""
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     dormant = n_allowed - n_active
@@ -116,16 +133,21 @@ def _draw(
     if 4 * dormant >= n_allowed:
         chosen, missing = [], n
         while missing:
-            cand = rng.integers(0, n_allowed, int(missing * n_allowed / dormant * 1.25) + 16)
+            m = int(missing * n_allowed / dormant * 1.25) + 16
+            cand = (rng.random(m) * n_allowed).astype(np.int64)
+            np.minimum(cand, n_allowed - 1, out=cand)  # u * n rounds up to n for u close to 1
             if allowed is not None:
                 cand = allowed[cand]
             cand = cand[~active[cand]]
-            _, first = np.unique(cand, return_index=True)
-            take = cand[np.sort(first)][:missing]  # distinct, in order of first draw: uniform
+            if cand.size <= 512:
+                take = np.array(list(dict.fromkeys(cand.tolist()))[:missing], dtype=np.int64)
+            else:
+                _, first = np.unique(cand, return_index=True)
+                take = cand[np.sort(first)][:missing]  # distinct, in order of first draw: uniform
             active[take] = True
             chosen.append(take)
             missing -= take.size
-        return np.concatenate(chosen)
+        return chosen[0] if len(chosen) == 1 else np.concatenate(chosen)
     free = ~active
     pool = np.flatnonzero(free if allowed is None else free[allowed])
     if allowed is not None:
@@ -194,6 +216,9 @@ class DeepR:
             seed,
         )
         self.step_count = 0
+        self._bits = _stream(seed)  # step n: this stream jumped to n * 2**64, as step_rng(seed, n)
+        self._bits_start = self._bits.state
+        self._rng = np.random.Generator(self._bits)
         self._cpu = first.device.type == "cpu"
         budgets = resolve_budgets(targets, connectivity, connections, global_budget=self.global_budget)
         # host-side tables: sign and allowed connections per tensor, and which are active
@@ -228,6 +253,13 @@ class DeepR:
         self.budgets = [int(ix.size) for ix in indices]
         self.budget_total = sum(self.budgets)
         self._counts = list(self.budgets)
+        self._slice_counts: list[int] | None = None  # caches of _slices, _cpu_views and the step
+        self._slice_cache: list[slice] = []
+        self._view_key: tuple | None = None
+        self._grad_np: np.ndarray | None = None
+        self._buf: np.ndarray | None = None
+        self._split_w = np.array(self.budgets, dtype=np.float64)  # the global split's weights
+        self._split_p = self._split_w / max(self._split_w.sum(), 1.0)
         dtype = first.dtype
         self.theta = torch.nn.Parameter(torch.from_numpy(np.concatenate(thetas)).to(first.device, dtype))
         self._theta_np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
@@ -244,11 +276,26 @@ class DeepR:
 
     # Slots are kept grouped by tensor, so tensor i owns theta[b_i : b_{i+1}], b = cumulative counts.
     def _slices(self) -> list[slice]:
-        out, start = [], 0
-        for c in self._counts:
-            out.append(slice(start, start + c))
-            start += c
-        return out
+        """The slot range of each tensor (cached; rebuilt when the counts change)."""
+        if self._slice_counts != self._counts:
+            out, start = [], 0
+            for c in self._counts:
+                out.append(slice(start, start + c))
+                start += c
+            self._slice_cache, self._slice_counts = out, list(self._counts)
+        return self._slice_cache
+
+    def _cpu_views(self) -> tuple[np.ndarray, list[np.ndarray | None]]:
+        """Numpy views of theta and of the flat dense weights (CPU), cached while their storage stays
+        the same: ``Tensor.numpy()`` costs microseconds, and the step would call it six times."""
+        key = (self.theta.data_ptr(), *[t.param.data_ptr() for t in self.targets])
+        if key != self._view_key:
+            self._theta_np = self.theta.detach().numpy()
+            self._flat = [
+                None if t.layer is not None else t.param.detach().numpy().reshape(-1) for t in self.targets
+            ]
+            self._view_key = key
+        return self._theta_np, self._flat
 
     # -- the step ----------------------------------------------------------------------------------
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -260,17 +307,32 @@ class DeepR:
     @torch.no_grad()
     def step(self) -> None:
         """Optimizer step on theta (gradient read from the weights' ``.grad``, which is then cleared),
-        L1 and noise (2), deaths and uniform reconnections to exactly K, weights written in place."""
+        L1 and noise (2), deaths and uniform reconnections to exactly K, weights written in place.
+
+        On CPU the step allocates nothing of size K: theta's gradient, the noise and the weights
+        s * theta are written into buffers kept across steps (the optimizer only reads the gradient)."""
         theta = self.theta
         slices = self._slices()
         if self._cpu:
-            grad = np.zeros(self.theta.shape, dtype=self._theta_np_dtype)
+            th, flat = self._cpu_views()
+            if self._grad_np is None or self._grad_np.shape != th.shape:
+                self._grad_np = np.empty_like(th)
+                self._grad_t = torch.from_numpy(self._grad_np)
+                self._buf = np.empty_like(th)
+            grad = self._grad_np
             for t, sl in zip(self.targets, slices, strict=True):
-                if t.param.grad is not None:
-                    g = t.param.grad.numpy().reshape(-1)
-                    np.multiply(self.sign[sl], g if t.layer is not None else g[self.index[sl]], out=grad[sl])
-                    t.param.grad = None
-            theta.grad = torch.from_numpy(grad)
+                g = t.param.grad
+                if g is None:
+                    grad[sl] = 0
+                    continue
+                g = g.numpy().reshape(-1)
+                if t.layer is not None:
+                    grad[sl] = g
+                else:
+                    np.take(g, self.index[sl], out=grad[sl], mode="clip")  # indices are in range
+                t.param.grad = None
+            np.multiply(grad, self.sign, out=grad)
+            theta.grad = self._grad_t
         else:
             index = torch.from_numpy(self.index).to(theta.device)
             grad = torch.zeros_like(theta)
@@ -282,48 +344,64 @@ class DeepR:
             theta.grad = grad * torch.from_numpy(self.sign).to(theta.device)
         self.optimizer.step()
         lr = group_lr(self.optimizer.param_groups[self._group])
-        th = _host(theta)  # a view on CPU: changes below act on theta itself
+        if not self._cpu:
+            th = _host(theta)  # a host copy (a view for CPU tensors); copied back below
         rng = None
         if self.temperature > 0:
-            rng = step_rng(self.seed, self.step_count)
-            th += math.sqrt(2.0 * lr * self.temperature) * rng.standard_normal(th.size, dtype=th.dtype)
+            rng = self._step_rng()
+            if self._cpu:
+                noise = rng.standard_normal(dtype=th.dtype, out=self._buf)
+                noise *= math.sqrt(2.0 * lr * self.temperature)
+                th += noise
+            else:
+                th += math.sqrt(2.0 * lr * self.temperature) * rng.standard_normal(th.size, dtype=th.dtype)
         if self.l1 > 0:
             th -= lr * self.l1
         died = np.flatnonzero(th <= 0)
         if died.size:
-            self._rewire(died, th, rng if rng is not None else step_rng(self.seed, self.step_count))
+            self._rewire(died, th, rng if rng is not None else self._step_rng())
         if not self._cpu:
             theta.copy_(torch.from_numpy(th))
         self._write(th)
         self.step_count += 1
 
+    def _step_rng(self) -> np.random.Generator:
+        """``step_rng(self.seed, self.step_count)``, without building a generator."""
+        self._bits.state = self._bits_start
+        self._bits.advance(self.step_count << 64)
+        return self._rng
+
     def _rewire(self, died: np.ndarray, th: np.ndarray, rng: np.random.Generator) -> None:
         """Deaths -> dormant (weight 0, the slot's optimizer state zeroed); the freed slots are given to
         uniformly drawn dormant connections (same tensor, or tensors drawn for a global budget)."""
         slices = self._slices()
+        sizes = list(self._counts)
         cuts = np.searchsorted(died, [s.stop for s in slices]).tolist()
         lost = [b - a for a, b in zip([0, *cuts[:-1]], cuts, strict=True)]
         old_index = self.index[died]
+        flat = self._cpu_views()[1] if self._cpu else None
         at = 0
         for i, t in enumerate(self.targets):
+            if not lost[i]:
+                continue
             gone = old_index[at : at + lost[i]]
             at += lost[i]
-            if gone.size:
-                self._active[i][gone] = False
-                self._counts[i] -= gone.size
-                if t.layer is None:
-                    if self._cpu:
-                        t.param.detach().numpy().reshape(-1)[gone] = 0
-                    else:
-                        t.param.view(-1).index_fill_(0, torch.from_numpy(gone).to(t.param.device), 0)
+            self._active[i][gone] = False
+            self._counts[i] -= lost[i]
+            if t.layer is None:
+                if flat is not None:
+                    flat[i][gone] = 0
+                else:
+                    t.param.view(-1).index_fill_(0, torch.from_numpy(gone).to(t.param.device), 0)
         state = [
             v
             for v in self.optimizer.state.get(self.theta, {}).values()
             if isinstance(v, torch.Tensor) and v.shape == self.theta.shape
         ]
-        died_t = torch.from_numpy(died).to(self.theta.device)
-        for v in state:
-            v.index_fill_(0, died_t, 0)
+        if state:
+            died_t = torch.from_numpy(died).to(self.theta.device)
+            for v in state:
+                v.index_fill_(0, died_t, 0)
         gained = self._global_split(died.size, rng) if self.global_budget else lost
         new_index, new_sign = [], []
         for i, t in enumerate(self.targets):
@@ -332,25 +410,34 @@ class DeepR:
                 self._counts[i] += gained[i]
                 new_index.append(idx)
                 new_sign.append(self._sign_tables[i][idx])
-        self.index[died] = np.concatenate(new_index)
-        self.sign[died] = np.concatenate(new_sign)
+        if len(new_index) == 1:
+            self.index[died], self.sign[died] = new_index[0], new_sign[0]
+        else:
+            self.index[died] = np.concatenate(new_index)
+            self.sign[died] = np.concatenate(new_sign)
         th[died] = self.epsilon
         if gained != lost:  # connections moved between tensors: regroup the slots by tensor
-            owner = np.repeat(np.arange(len(self.targets)), [s.stop - s.start for s in slices])
-            owner[died] = np.repeat(np.arange(len(self.targets)), gained)
+            n = len(self.targets)
+            kind = np.int16 if n < 2**15 else np.int64  # a stable sort of int16 keys is a radix sort
+            owner = np.repeat(np.arange(n, dtype=kind), sizes)
+            owner[died] = np.repeat(np.arange(n, dtype=kind), gained)
             perm = np.argsort(owner, kind="stable")
             self.index, self.sign = self.index[perm], self.sign[perm]
             th[:] = th[perm]
-            perm_t = torch.from_numpy(perm).to(self.theta.device)
-            for v in state:
-                v.copy_(v[perm_t])
+            if state:
+                perm_t = torch.from_numpy(perm).to(self.theta.device)
+                for v in state:
+                    v.copy_(v[perm_t])
 
     def _global_split(self, n: int, rng: np.random.Generator) -> list[int]:
         """Reconnections per tensor: multinomial with p proportional to the initial budgets, each tensor
         capped by its dormant connections (an excess is drawn again among tensors with room)."""
-        room = np.array([t.n_allowed - c for t, c in zip(self.targets, self._counts, strict=True)])
+        room = [t.n_allowed - c for t, c in zip(self.targets, self._counts, strict=True)]
+        weights = self._split_w
+        if min(room) >= n:  # no tensor can be over-filled: one draw (the first round below)
+            return rng.multinomial(n, self._split_p).tolist()
+        room = np.array(room)
         counts = np.zeros(len(room), dtype=np.int64)
-        weights = np.array(self.budgets, dtype=np.float64)
         while n:
             w = weights * (room > counts)
             extra = rng.multinomial(n, w / w.sum())
@@ -361,11 +448,18 @@ class DeepR:
 
     def _write(self, th: np.ndarray) -> None:
         """Weights from theta, eq. (1): an O(K) scatter (the dormant entries are already 0)."""
-        w = self.sign * th
-        for t, sl in zip(self.targets, self._slices(), strict=True):
+        slices = self._slices()
+        if self._cpu:
+            if self._buf is None or self._buf.shape != th.shape:
+                self._buf = np.empty_like(th)
+            w = np.multiply(self.sign, th, out=self._buf)
+            flat = self._cpu_views()[1]
+        else:
+            w = self.sign * th
+        for i, (t, sl) in enumerate(zip(self.targets, slices, strict=True)):
             if t.layer is None:
                 if self._cpu:
-                    t.param.detach().numpy().reshape(-1)[self.index[sl]] = w[sl]
+                    flat[i][self.index[sl]] = w[sl]
                 else:
                     idx = torch.from_numpy(self.index[sl]).to(t.param.device)
                     t.param.view(-1).index_copy_(0, idx, torch.from_numpy(w[sl]).to(t.param))
