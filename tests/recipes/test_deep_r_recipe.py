@@ -102,6 +102,43 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
         assert r1[key] == r2[key], key
 
 
+@pytest.mark.parametrize("stop_at", [25, 26])  # between two logs (log_every=2) and on one
+def test_stop_at_any_iteration_then_resume_equals_uninterrupted(tmp_path, monkeypatch, stop_at):
+    """A stop lands between two logs as often as on one: the running loss sums travel in the checkpoint.
+
+    Deterministic twin of the SIGKILL test (whose kill point depends on timing): the stop flag is raised
+    when the progress bar reaches ``stop_at`` iterations of the first variant.
+    """
+    args = [*TINY, "--set", "epochs=6", "--set", "checkpoint_every=7", "--set", "variants=[deep_r]"]
+    ref = tmp_path / "ref"
+    assert _run([*args, "--out", str(ref)]) == 0
+    real_bar = deep_r.progress_bar
+
+    def stopping_bar(ctx, **kw):
+        bar = real_bar(ctx, **kw)
+        update, done = bar.update, [kw.get("initial", 0)]
+
+        def counted(n=1):
+            update(n)
+            done[0] += n  # a disabled tqdm bar does not count
+            if done[0] >= stop_at:
+                ctx.stop.requested = True
+
+        bar.update = counted
+        return bar
+
+    monkeypatch.setattr(deep_r, "progress_bar", stopping_bar)
+    stopped = tmp_path / "stopped"
+    _run([*args, "--out", str(stopped)])
+    meta = json.loads((stopped / "checkpoint.json").read_text())["meta"]
+    assert meta["iteration"] == stop_at and not (stopped / "results.json").exists()
+    monkeypatch.setattr(deep_r, "progress_bar", real_bar)
+    assert main(["run", "--resume", str(stopped), "--no-progress"]) == 0
+    assert _metrics(ref) == _metrics(stopped)
+    r1, r2 = (json.loads((d / "results.json").read_text()) for d in (ref, stopped))
+    assert r1["deep_r_accuracy"] == r2["deep_r_accuracy"]
+
+
 def test_fashion_mnist_from_debian(tmp_path):
     if not Path(deep_r.FASHION_DIR).is_dir():
         pytest.skip("Debian's dataset-fashion-mnist is not installed")

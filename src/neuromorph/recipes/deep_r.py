@@ -312,7 +312,9 @@ def run(cfg: Config, ctx: Context) -> dict:
         budget = trainer.rewiring.budget_total if variant == "deep_r" else None
         per_layer = list(trainer.rewiring.budgets) if variant == "deep_r" else None
 
-        def checkpoint(next_iter: int, step: int, violations: int, vi=vi, trainer=trainer) -> None:
+        def checkpoint(
+            next_iter: int, step: int, violations: int, running: list, vi=vi, trainer=trainer
+        ) -> None:
             _, opt_meta = optimizer_tensors("opt.", trainer.opt)
             ctx.run.save_checkpoint(
                 trainer.tensors(),
@@ -324,11 +326,16 @@ def run(cfg: Config, ctx: Context) -> dict:
                     "done": done,
                     "budget_violations": violations,
                     "optimizer": opt_meta,
+                    # the loss/accuracy sums since the last log: a checkpoint between two logs
+                    # must carry them, or the first log after a resume averages fewer batches
+                    "running": running,
                 },
             )
 
         bar = progress_bar(ctx, total=total_iters, initial=first, desc=variant)
         losses, hits, seen = 0.0, 0, 0
+        if vi == start_variant and meta.get("running"):
+            losses, hits, seen = meta["running"]
         it = first
         stopped = False
         order_epoch, order = -1, None
@@ -379,10 +386,10 @@ def run(cfg: Config, ctx: Context) -> dict:
                 stopped = True
                 break
             if it % cfg.checkpoint_every == 0:
-                checkpoint(it, step, violations)
+                checkpoint(it, step, violations, [losses, hits, seen])
         bar.close()
         if stopped:
-            checkpoint(it, step, violations)
+            checkpoint(it, step, violations, [losses, hits, seen])
             return {"stopped": True, "step": step}
         conn = _connectivity(net)
         done[variant] = {
