@@ -91,7 +91,7 @@ def test_bad_arguments(single):
 
 WORKER = r"""
 import json, os, sys, torch
-from neuromorph.distributed import all_reduce_mean, barrier, broadcast_object
+from neuromorph.distributed import all_reduce_grads, all_reduce_mean, barrier, broadcast_object
 from neuromorph.distributed import init_distributed, shutdown, wrap_ddp
 from neuromorph.runs import Run
 
@@ -110,6 +110,21 @@ for it in range(5):
     opt.zero_grad()
     loss.backward()
     opt.step()
+# gradients set by hand (as e-prop does, no backward through DDP), averaged by all_reduce_grads
+torch.manual_seed(0)
+manual = torch.nn.Linear(4, 3)
+opt2 = torch.optim.SGD(manual.parameters(), lr=0.1)
+g = torch.Generator().manual_seed(1)
+for it in range(5):
+    x = torch.randn(8, 4, generator=g)
+    y = torch.randn(8, 3, generator=g)
+    shard = slice(info.rank * 4, (info.rank + 1) * 4)
+    loss = torch.nn.functional.mse_loss(manual(x[shard]), y[shard])
+    grads = torch.autograd.grad(loss, list(manual.parameters()))
+    for p, gr in zip(manual.parameters(), grads):
+        p.grad = gr
+    all_reduce_grads(manual, info)
+    opt2.step()
 mean_rank = all_reduce_mean(float(info.rank), info)
 run_dir = broadcast_object(out + "/run" if info.is_main else None, info)
 run = Run.create("ddp-toy", {"world": info.world_size}, out=run_dir, is_writer=info.is_main)
@@ -117,8 +132,10 @@ run.log(0, rank_mean=mean_rank)
 run.close()
 barrier(info)
 params = {k: v.tolist() for k, v in model.module.state_dict().items()}
+manual_params = {k: v.tolist() for k, v in manual.state_dict().items()}
 with open(os.path.join(out, f"rank{info.rank}.json"), "w") as fh:
-    json.dump({"params": params, "mean_rank": mean_rank, "is_main": info.is_main, "run_dir": run_dir}, fh)
+    json.dump({"params": params, "manual": manual_params, "mean_rank": mean_rank,
+               "is_main": info.is_main, "run_dir": run_dir}, fh)
 shutdown(info)
 """
 
@@ -162,6 +179,9 @@ def test_torchrun_two_processes_match_single_process(tmp_path):
     assert ranks[0]["mean_rank"] == ranks[1]["mean_rank"] == 0.5
     ref = single_process_reference()
     for name, value in ranks[0]["params"].items():
+        torch.testing.assert_close(torch.tensor(value), ref[name], rtol=1e-5, atol=1e-6)
+    assert ranks[0]["manual"] == ranks[1]["manual"]  # all_reduce_grads: the same update on every rank
+    for name, value in ranks[0]["manual"].items():
         torch.testing.assert_close(torch.tensor(value), ref[name], rtol=1e-5, atol=1e-6)
     # only rank 0 wrote the run, into the directory it broadcast
     assert ranks[0]["run_dir"] == ranks[1]["run_dir"] == str(tmp_path / "run")

@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 __all__ = [
     "DistInfo",
+    "all_reduce_grads",
     "all_reduce_mean",
     "barrier",
     "broadcast_object",
@@ -152,6 +153,19 @@ def all_reduce_mean(x: float | torch.Tensor, info: DistInfo) -> float:
     value = value.to(info.device).clone()
     dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return float(value.item()) / info.world_size
+
+
+def all_reduce_grads(module: torch.nn.Module, info: DistInfo) -> None:
+    """Average every ``.grad`` of ``module`` over ranks in place (what DDP's backward does), for
+    gradients set without ``backward()`` (e.g. e-prop); nothing when single-process. Every rank must
+    hold the same parameters with a gradient."""
+    info = _check_info(info)
+    if not _active(info):
+        return
+    for param in module.parameters():
+        if param.grad is not None:
+            dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
+            param.grad.div_(info.world_size)
 
 
 def broadcast_object(obj: Any, info: DistInfo, src: int = 0) -> Any:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from neuromorph.layers import LeakyReadout, RecurrentSpikingLayer
 from neuromorph.learning.eprop import (
     apply_gradients,
+    eprop_from_loss,
     eprop_gradients,
     eprop_with_signals,
     truncated_bptt_reference,
@@ -152,3 +153,74 @@ def test_random_feedback_is_seeded():
         for _ in range(2)
     ]
     assert torch.equal(runs[0], runs[1])
+
+
+# -- eprop_from_loss: e-prop as a drop-in for backward() ----------------------------------------------
+
+
+def _sequence_loss(readout, target):
+    """A loss that needs the whole sequence (mean of the last 5 outputs, cross-entropy) plus a rate
+    regulariser: not computable online step by step."""
+
+    def loss_of_spikes(z):
+        out, _ = readout(z)
+        ce = torch.nn.functional.cross_entropy(out[-5:].mean(0), target)
+        return ce + 0.3 * (z.mean(dim=(0, 1)) - 0.02).square().sum()
+
+    return loss_of_spikes
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 1000), steps=st.integers(5, 30), n_alif=st.integers(1, 3))
+def test_eprop_from_loss_equals_truncated_bptt(seed, steps, n_alif):
+    layer, readout = _net(seed, 3, 2, n_alif, 2)
+    with torch.no_grad():
+        layer.w_in.mul_(3.0)
+    x, _ = _data(seed, steps, 3, 3, 2)
+    target = torch.tensor([0, 1, 1])
+    loss_of = _sequence_loss(readout, target)
+    params = [layer.w_in, layer.w_rec, readout.weight, readout.bias]
+    want = torch.autograd.grad(loss_of(truncated_bptt_reference(layer, x)), params, allow_unused=True)
+    for prm in params:
+        prm.grad = None
+    loss, z, state = eprop_from_loss(layer, x, loss_of)
+    assert loss.dim() == 0 and not loss.requires_grad and z.shape == (steps, 3, layer.n)
+    for prm, w in zip(params, want, strict=True):
+        w = torch.zeros_like(prm) if w is None else w
+        torch.testing.assert_close(prm.grad, w, rtol=1e-10, atol=1e-12)
+
+
+def test_eprop_from_loss_recovers_from_a_spike_the_fast_path_flipped(monkeypatch):
+    """If the layer's fast path and e-prop's loop disagree on a spike, the signals are recomputed from
+    e-prop's own spikes and the readout's gradient is not counted twice."""
+    layer, readout = _net(5, 3, 2, 2, 2)
+    with torch.no_grad():
+        layer.w_in.mul_(3.0)
+    x, _ = _data(5, 20, 3, 3, 2)
+    loss_of = _sequence_loss(readout, torch.tensor([1, 0, 1]))
+    params = [layer.w_in, layer.w_rec, readout.weight, readout.bias]
+    eprop_from_loss(layer, x, loss_of)
+    want = [p.grad.clone() for p in params]
+    for prm in params:
+        prm.grad = None
+    real = type(layer).forward
+
+    def flipped(self, inputs, state=None):
+        z, st = real(self, inputs, state)
+        z = z.clone()
+        z[3, 0, 0] = 1.0 - z[3, 0, 0]
+        return z, st
+
+    monkeypatch.setattr(type(layer), "forward", flipped)
+    eprop_from_loss(layer, x, loss_of)
+    for prm, w in zip(params, want, strict=True):
+        torch.testing.assert_close(prm.grad, w, rtol=1e-12, atol=1e-14)
+
+
+def test_eprop_from_loss_bad_loss():
+    layer, readout = _net(0, 3, 2, 1, 2)
+    x, _ = _data(0, 4, 2, 3, 2)
+    with pytest.raises(ValueError, match="scalar tensor"):
+        eprop_from_loss(layer, x, lambda z: readout(z)[0])
+    with pytest.raises(ValueError, match="does not depend on the spikes"):
+        eprop_from_loss(layer, x, lambda z: readout.weight.sum())

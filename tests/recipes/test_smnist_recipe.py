@@ -30,3 +30,13 @@ def test_missing_data_root_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "nomnist" in err and "images-idx3-ubyte" in err
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_learning_eprop_trains_smnist(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [*TINY, "--set", "learning=eprop", "--set", "n_delay=1"]
+    assert main(["run", "smnist", "--quick", "--no-progress", *args, "--out", str(out)]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert r["learning"] == "eprop" and 0.0 <= r["test_accuracy"] <= 1.0
+    assert main(["run", "smnist", "--quick", "--no-progress", *TINY, "--set", "learning=eprop"]) == 2
+    assert "n_delay=1" in capsys.readouterr().err

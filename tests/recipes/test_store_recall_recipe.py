@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -239,3 +240,83 @@ def test_rewiring_bad_input(args, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["run", "store-recall", *args]) == 2
     assert needle in capsys.readouterr().err
+
+
+# -- learning=eprop -------------------------------------------------------------------------------
+
+
+def test_eprop_step_equals_bptt_through_the_truncated_network():
+    """The recipe's e-prop gradients (readout, input and recurrent weights, with the rate regulariser)
+    equal autograd through the network e-prop differentiates exactly, in float64."""
+    from neuromorph.learning import truncated_bptt_reference
+    from neuromorph.recipes import store_recall as sr
+
+    cfg = sr.Config(n_in=12, n_lif=4, n_alif=4, n_chars=3, char_ms=15, n_delay=1, learning="eprop", reg=0.5)
+    torch.set_default_dtype(torch.float64)
+    try:
+        net = sr.StoreRecallNetwork(cfg, "lsnn", torch.Generator().manual_seed(3))
+        with torch.no_grad():  # strong enough input that the neurons spike
+            net.rsnn.w_in.mul_(8.0)
+        batch = sr.store_recall_batch(
+            5, np.random.default_rng(0), n_chars=3, char_ms=15, n_in=12, rate_hz=200.0, p_store_recall=0.5
+        )
+        batch = batch.to("cpu")
+        batch = type(batch)(*(t.double() if t.is_floating_point() else t for t in batch))
+        sr.eprop_step(net, batch, None, cfg)
+        got = {n: p.grad.clone() for n, p in net.named_parameters()}
+        net.zero_grad(set_to_none=True)
+        z = truncated_bptt_reference(net.rsnn, batch.spikes)
+        out, _ = net.readout(z)
+        loss = sr.recall_loss(sr.per_char_mean(out, 3), batch)
+        loss = loss + sr.firing_rate_loss(z, target_hz=cfg.reg_rate_hz, coefficient=cfg.reg)
+        loss.backward()
+        assert z.sum() > 0
+        for name, param in net.named_parameters():
+            assert param.grad is not None and param.grad.abs().max() > 0, name
+            torch.testing.assert_close(got[name], param.grad, rtol=1e-9, atol=1e-12, msg=name)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_learning_eprop_trains_and_resumes(tmp_path, tiny_store_recall):
+    args = [*tiny_store_recall, "--set", "learning=eprop", "--set", "n_delay=1", "--set", "variants=[lsnn]"]
+    out = tmp_path / "run"
+    assert _run([*args, "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["learning"] == "eprop" and 0.0 <= results["lsnn_recall_error"] <= 1.0
+    losses = [m["lsnn/loss"] for m in _metrics(out)]
+    assert len(losses) == 6 and all(np.isfinite(losses))
+    # the same run again gives the same numbers (every draw seeded)
+    again = tmp_path / "again"
+    assert _run([*args, "--out", str(again)]) == 0
+    assert _metrics(again) == _metrics(out)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--set", "learning=eprop"], "n_delay=1"),
+        (["--set", "learning=rtrl"], "learning must be one of"),
+    ],
+)
+def test_learning_bad_input(args, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "store-recall", *args]) == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_learning_eprop_under_torchrun(tmp_path, tiny_store_recall):
+    """e-prop sets the gradients without backward(); the recipe averages them over ranks itself
+    (all_reduce_grads, checked against one process in tests/test_distributed.py)."""
+    args = [*tiny_store_recall, "--set", "learning=eprop", "--set", "n_delay=1", "--set", "variants=[lsnn]"]
+    ddp = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "neuromorph.cli", "run", "store-recall", "--quick", "--no-progress", *args,
+           "--out", str(ddp)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((ddp / "results.json").read_text())
+    assert results["processes"] == 2 and results["learning"] == "eprop" and results["iterations"] == 6

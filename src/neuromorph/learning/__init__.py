@@ -5,6 +5,7 @@
 from .eprop import (
     EPropResult,
     apply_gradients,
+    eprop_from_loss,
     eprop_gradients,
     eprop_with_signals,
     truncated_bptt_reference,
@@ -23,6 +24,7 @@ __all__ = [
     "LearningSignalGenerator",
     "Trainee",
     "apply_gradients",
+    "eprop_from_loss",
     "eprop_gradients",
     "eprop_with_signals",
     "firing_rate_loss",

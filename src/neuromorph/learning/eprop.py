@@ -45,6 +45,7 @@ __all__ = [
     "EPropResult",
     "eprop_gradients",
     "eprop_with_signals",
+    "eprop_from_loss",
     "apply_gradients",
     "truncated_bptt_reference",
 ]
@@ -234,6 +235,51 @@ def apply_gradients(layer: RecurrentSpikingLayer, grads: dict[str, torch.Tensor]
             if param is not None and name in grads:
                 g = grads[name].to(param)
                 param.grad = g.clone() if param.grad is None else param.grad + g
+
+
+def eprop_from_loss(
+    layer: RecurrentSpikingLayer,
+    x: torch.Tensor,
+    loss_of_spikes: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    state: RecurrentState | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, RecurrentState]:
+    """e-prop as a drop-in for ``loss.backward()`` in a training loop: gradients of
+    ``loss_of_spikes(z)`` for the layer's weights (e-prop) and for every parameter the loss uses
+    after the spikes (readout, exact), accumulated into ``.grad``; any optimizer then steps.
+
+    1. The layer runs without an autograd graph (its fast path); ``loss_of_spikes`` (readout + task
+       loss + regularisers) is differentiated with respect to the spikes: ``L_j(t) = dE/dz_j(t)``.
+    2. One online pass accumulates ``sum_t L_j(t) e_ji(t)`` with unfiltered traces (symmetric
+       feedback). With a leaky readout, ``L_j(t) = sum_{t' >= t} (1 - kappa) kappa^(t'-t)
+       (dE/dout(t') W_out^T)_j + dR/dz_j(t)``; exchanging the sums, ``sum_t L(t) e(t)`` equals the
+       online form ``sum_t' (dE/dout(t') W_out^T) e_bar(t')`` with kappa-filtered traces, plus a rate
+       regulariser's term on the unfiltered traces, as in the e-prop paper. The result is exactly BPTT
+       through :func:`truncated_bptt_reference` (tested), whatever the loss.
+    If the fast path and e-prop's loop round differently so that a spike flips, the signals are
+    recomputed from e-prop's own spikes (rare; the second pass agrees). Parameters that the loss uses
+    after the spikes get their gradients from one ``backward()`` of the final pass. Memory: the spikes and the
+    ``[B, n_in + N, N]`` traces; nothing per step of the recurrent dynamics.
+    Returns (loss (detached), spikes ``[T, B, N]``, final state (detached))."""
+    _check_layer(layer)
+    with torch.no_grad():
+        z, _ = layer(x, state)
+    for _ in range(2):
+        z_leaf = z.detach().requires_grad_(True)
+        loss = loss_of_spikes(z_leaf)
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            got = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise ValueError(f"loss_of_spikes must return a scalar tensor, got {got}")
+        (signal,) = torch.autograd.grad(loss, z_leaf, retain_graph=True, allow_unused=True)
+        if signal is None:
+            raise ValueError("loss_of_spikes does not depend on the spikes it is given")
+        res = eprop_with_signals(layer, x, signal, state=state)
+        if torch.equal(res.z, z):
+            break
+        z = res.z  # a spike flipped between the two loops: the signals of e-prop's own spikes
+    loss.backward()  # exact gradients of what acts after the spikes (readout), into .grad
+    apply_gradients(layer, res.grads)
+    return loss.detach(), res.z, res.state.detach()
 
 
 def truncated_bptt_reference(

