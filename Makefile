@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml Makefile
 	# The CPU torch first, so no dependency can pull a CUDA build or torchvision.
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[dev]" "$(TORCH_SPEC)"
+	# torchattacks: the test oracle of robustness/attacks.py; --no-deps because its metadata pulls torchvision
+	$(PIP) install -q --no-deps "torchattacks==3.5.1"
 	@if $(PIP) list 2>/dev/null | grep -qi '^torchvision '; then echo "torchvision was pulled in: remove that dependency" >&2; exit 1; fi
 	@touch $(STAMP)
 
