@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/alif_cpu.py
 	$(PY) benchmarks/analog.py
 	$(PY) benchmarks/rewiring.py
+	$(PY) benchmarks/diffusion.py
 	$(VENV)/bin/neuromorph bench
 
 # Peer libraries for `neuromorph bench`, installed so that the CPU torch stays: the `bench` extra holds

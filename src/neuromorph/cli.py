@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     b.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    from .diffusion.restore_cli import add_parser as add_restore_parser
+
+    add_restore_parser(sub)
     return p
 
 
@@ -251,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_bench(args)
         if args.command == "export":
             return _cmd_export(args)
+        if args.command == "restore":
+            from .diffusion.restore_cli import run as restore_run
+
+            return restore_run(args)
         return _cmd_report(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"neuromorph: error: {err}", file=sys.stderr)
