@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 import types
 import typing
 from dataclasses import dataclass, fields, is_dataclass
@@ -27,6 +28,7 @@ __all__ = [
     "load_module_tensors",
     "optimizer_tensors",
     "load_optimizer",
+    "TrainingCheckpoints",
     "progress_bar",
     "seeded_generator",
 ]
@@ -193,6 +195,44 @@ def load_optimizer(
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+class TrainingCheckpoints:
+    """Resume and checkpoints of a training loop over one module and one optimizer.
+
+    On a resumed run the module and optimizer are loaded from ``ctx.resume``, ``start`` is the iteration
+    to continue from and the metrics after the saved ``step`` are dropped. ``elapsed()`` is the training
+    time across resumes; ``save(next_iter, step=...)`` writes the module (``net.``) and optimizer
+    (``opt.``) tensors with ``step``, ``iteration``, ``seconds`` and ``optimizer`` in the meta."""
+
+    def __init__(self, ctx: Context, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.ctx, self.module, self.optimizer = ctx, module, optimizer
+        self.start, self.step, self._before = 0, 0, 0.0
+        if ctx.resume is not None:
+            tensors, meta = ctx.resume
+            load_module_tensors("net.", module, tensors)
+            load_optimizer("opt.", optimizer, tensors, meta["optimizer"])
+            self.start, self.step, self._before = meta["iteration"], meta["step"], meta["seconds"]
+            ctx.run.truncate_metrics(self.step)
+        self._t0 = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Seconds of this run, the time before a resume included."""
+        return self._before + time.perf_counter() - self._t0
+
+    def save(self, next_iter: int, *, step: int | None = None) -> None:
+        """Checkpoint before iteration ``next_iter`` (``step``: the last logged step, default
+        ``next_iter``)."""
+        opt_t, opt_meta = optimizer_tensors("opt.", self.optimizer)
+        self.ctx.run.save_checkpoint(
+            {**module_tensors("net.", self.module), **opt_t},
+            {
+                "step": next_iter if step is None else step,
+                "iteration": next_iter,
+                "seconds": self.elapsed(),
+                "optimizer": opt_meta,
+            },
+        )
 
 
 # -- misc -------------------------------------------------------------------------------------------

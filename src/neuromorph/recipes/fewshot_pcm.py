@@ -33,7 +33,6 @@ L2L code does for Omniglot), or real Omniglot from ``data.root``.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -55,10 +54,8 @@ from ..meta import FewShotTask, InnerLoop, anil_query, meta_batch, params_of, sa
 from ..report import build_report, plot_bars, plot_curves
 from ._common import (
     Context,
-    load_module_tensors,
-    load_optimizer,
+    TrainingCheckpoints,
     module_tensors,
-    optimizer_tensors,
     progress_bar,
     seeded_generator,
 )
@@ -349,24 +346,8 @@ def run(cfg: Config, ctx: Context) -> dict:
     inner = InnerLoop(cfg.inner_steps, cfg.inner_lr)
     model = wrap_ddp(MetaObjective(net, inner), ctx.dist)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.outer_lr)
-    start, seconds_before = 0, 0.0
-    if ctx.resume is not None:
-        tensors, meta = ctx.resume
-        load_module_tensors("net.", net, tensors)
-        load_optimizer("opt.", opt, tensors, meta["optimizer"])
-        start, seconds_before = meta["iteration"], meta["seconds"]
-        ctx.run.truncate_metrics(start)
-    t0 = time.perf_counter()
-
-    def elapsed() -> float:
-        return seconds_before + time.perf_counter() - t0
-
-    def checkpoint(it: int) -> None:
-        opt_t, opt_meta = optimizer_tensors("opt.", opt)
-        ctx.run.save_checkpoint(
-            {**module_tensors("net.", net), **opt_t},
-            {"step": it, "iteration": it, "seconds": elapsed(), "optimizer": opt_meta},
-        )
+    ckpt = TrainingCheckpoints(ctx, net, opt)
+    start, elapsed, checkpoint = ckpt.start, ckpt.elapsed, ckpt.save
 
     bar = progress_bar(ctx, total=cfg.iterations, initial=start, desc="meta-train")
     it = start

@@ -30,7 +30,6 @@ unverified (the reference notes a PPO-style policy gradient); this is A2C.
 from __future__ import annotations
 
 import io
-import time
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -47,10 +46,8 @@ from ..spikes import Triangle
 from ..tasks import navigation as nav
 from ._common import (
     Context,
-    load_module_tensors,
-    load_optimizer,
+    TrainingCheckpoints,
     module_tensors,
-    optimizer_tensors,
     progress_bar,
     seeded_generator,
 )
@@ -314,24 +311,8 @@ def run(cfg: Config, ctx: Context) -> dict:
     local_batch = cfg.batch_size // world
     agent = NavigationAgent(cfg, seeded_generator(cfg.seed, 1)).to(ctx.device)
     opt = torch.optim.Adam(agent.parameters(), lr=cfg.lr)
-    start, seconds_before, step = 0, 0.0, 0
-    tensors, meta = ctx.resume if ctx.resume is not None else ({}, {})
-    if meta:
-        start, seconds_before, step = meta["iteration"], meta["seconds"], meta["step"]
-        load_module_tensors("net.", agent, tensors)
-        load_optimizer("opt.", opt, tensors, meta["optimizer"])
-        ctx.run.truncate_metrics(step)
-    t_start = time.perf_counter()
-
-    def elapsed() -> float:
-        return seconds_before + time.perf_counter() - t_start
-
-    def checkpoint(next_iter: int) -> None:
-        opt_t, opt_meta = optimizer_tensors("opt.", opt)
-        ctx.run.save_checkpoint(
-            {**module_tensors("net.", agent), **opt_t},
-            {"step": next_iter, "iteration": next_iter, "seconds": elapsed(), "optimizer": opt_meta},
-        )
+    ckpt = TrainingCheckpoints(ctx, agent, opt)
+    start, step, elapsed, checkpoint = ckpt.start, ckpt.step, ckpt.elapsed, ckpt.save
 
     bar = progress_bar(ctx, total=cfg.iterations, initial=start, desc="meta-RL")
     it = start

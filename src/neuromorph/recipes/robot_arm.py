@@ -27,7 +27,6 @@ before the update, after it in software and on PCM, and the device writes.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -59,10 +58,8 @@ from ..tasks.arm import (
 )
 from ._common import (
     Context,
-    load_module_tensors,
-    load_optimizer,
+    TrainingCheckpoints,
     module_tensors,
-    optimizer_tensors,
     progress_bar,
     seeded_generator,
 )
@@ -349,24 +346,8 @@ def run(cfg: Config, ctx: Context) -> dict:
     net = MetaLearner(cfg, arm, cfg.seed).to(ctx.device)
     model = wrap_ddp(net, ctx.dist)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    start, seconds_before = 0, 0.0
-    if ctx.resume is not None:
-        tensors, meta = ctx.resume
-        load_module_tensors("net.", net, tensors)
-        load_optimizer("opt.", opt, tensors, meta["optimizer"])
-        start, seconds_before = meta["iteration"], meta["seconds"]
-        ctx.run.truncate_metrics(start)
-    t_start = time.perf_counter()
-
-    def elapsed() -> float:
-        return seconds_before + time.perf_counter() - t_start
-
-    def checkpoint(next_iter: int) -> None:
-        opt_t, opt_meta = optimizer_tensors("opt.", opt)
-        ctx.run.save_checkpoint(
-            {**module_tensors("net.", net), **opt_t},
-            {"step": next_iter, "iteration": next_iter, "seconds": elapsed(), "optimizer": opt_meta},
-        )
+    ckpt = TrainingCheckpoints(ctx, net, opt)
+    start, elapsed, checkpoint = ckpt.start, ckpt.elapsed, ckpt.save
 
     bar = progress_bar(ctx, total=cfg.iterations, initial=start, desc="meta-training")
     it = start
