@@ -273,9 +273,14 @@ def _folder_pairs(train_dir: Path, name: str, gt_name) -> list[PairFiles]:
     return pairs
 
 
+# scenes im_0301 .. im_0350 are left out of training by the official loader
+_OUTDOOR_HELD_OUT = frozenset(f"im_{i:04d}" for i in range(301, 351))
+
+
 def _outdoor_gt(file_name: str) -> str | None:
-    stem = file_name[:7]  # im_XXXX
-    if stem in {f"im_0{i}" for i in range(301, 351)}:  # left out of training by the official loader
+    """Ground truth of an Outdoor-Rain input: the scene stem, e.g. "im_0042_s80_a04.png" -> "im_0042.png"."""
+    stem = file_name[:7]
+    if stem in _OUTDOOR_HELD_OUT:
         return None
     return stem + ".png"
 
