@@ -5,7 +5,9 @@
 1. The DEEP R MLP (784-300-100-10, 1% / 3% / 30% = 3,552 connections, global budget, official L1 and
    noise): ``DeepR.step()`` vs the same optimizer's ``step()`` on the dense network (update only,
    gradients preset), and a whole training iteration (zero_grad + forward + backward + step, batch 10),
-   for SGD (lr 0.5) and Adam (lr 1e-3). Target: DEEP R at most 1.2x the dense step.
+   for SGD (lr 0.5) and Adam (lr 1e-3). Target: DEEP R at most 1.2x the dense step. DEEP R runs in both
+   implementations, ``impl="native"`` (the default where the C library builds) and ``impl="numpy"``,
+   after a check that both give the same weights for 50 steps.
 2. A 4096x4096 layer at 1% connectivity, batch ``--batch``: forward + backward (gradients for the
    input and the weights) of ``sparse_linear(impl="sparse")`` (CSR) vs the masked dense product
    ``x @ (W * M)^T`` (and the layer's own dense path, scatter + matmul). Target: sparse faster.
@@ -79,24 +81,38 @@ def bench_mlp_step(repeats: int, warmup: int) -> list[dict]:
     records = []
     for name, make, lr in (("SGD", torch.optim.SGD, 0.5), ("Adam", torch.optim.Adam, 1e-3)):
 
-        def fresh(name=name, make=make, lr=lr):
+        def fresh(impl, name=name, make=make, lr=lr):
             dense, sparse = MLP(0), MLP(0)
             opt_d, opt_s = make(dense.parameters(), lr=lr), make(sparse.parameters(), lr=lr)
             rewiring = DeepR(
                 opt_s, list(sparse.ws), connectivity=[0.01, 0.03, 0.3], budget="global", l1=1e-5,
-                temperature=lr * 1e-10 / 2, seed=0,
+                temperature=lr * 1e-10 / 2, seed=0, impl=impl,
             )  # fmt: skip
             return dense, opt_d, sparse, rewiring
 
+        # the two implementations compute the same steps (checked before anything is timed)
+        nets = {impl: fresh(impl)[2:] for impl in ("native", "numpy")}
+        for k in range(50):
+            xb, yb = pool[k % len(pool)]
+            for sparse, rewiring in nets.values():
+                rewiring.zero_grad()
+                F.cross_entropy(sparse(xb), yb).backward()
+                rewiring.step()
+        same = all(torch.equal(a, b) for a, b in zip(nets["native"][0].ws, nets["numpy"][0].ws, strict=True))
+        if not same:
+            raise RuntimeError(f"{name}: the native and numpy DEEP R steps differ")
+
         # update only: gradients of the initial nets on the pool's batches, assigned before each step
-        dense, opt_d, sparse, rewiring = fresh()
-        grads = {"dense": [], "deep_r": []}
+        dense, opt_d, sparse, rewiring = fresh("native")
+        _, _, sparse_np, rewiring_np = fresh("numpy")
+        sides = {"dense": dense, "deep_r": sparse, "deep_r_numpy": sparse_np}
+        grads = {key: [] for key in sides}
         for xb, yb in pool[:16]:
-            for key, model in (("dense", dense), ("deep_r", sparse)):
+            for key, model in sides.items():
                 model.zero_grad()
                 F.cross_entropy(model(xb), yb).backward()
                 grads[key].append([w.grad.clone() for w in model.ws])
-        count = {"dense": 0, "deep_r": 0}
+        count = dict.fromkeys(sides, 0)
 
         def update(key, model, stepper, grads=grads, count=count):
             def run():
@@ -120,15 +136,24 @@ def bench_mlp_step(repeats: int, warmup: int) -> list[dict]:
 
             return run
 
-        # the gradient assignment is inside both timed calls (a few microseconds, the same on both sides)
+        # the gradient assignment is inside every timed call (a few microseconds, the same on all sides)
         upd = interleaved(
-            {"dense": update("dense", dense, opt_d), "deep_r": update("deep_r", sparse, rewiring)},
+            {
+                "dense": update("dense", dense, opt_d),
+                "deep_r": update("deep_r", sparse, rewiring),
+                "deep_r_numpy": update("deep_r_numpy", sparse_np, rewiring_np),
+            },
             repeats,
             warmup,
         )
-        dense, opt_d, sparse, rewiring = fresh()
+        dense, opt_d, sparse, rewiring = fresh("native")
+        _, _, sparse_np, rewiring_np = fresh("numpy")
         it = interleaved(
-            {"dense": iteration(dense, opt_d), "deep_r": iteration(sparse, rewiring)},
+            {
+                "dense": iteration(dense, opt_d),
+                "deep_r": iteration(sparse, rewiring),
+                "deep_r_numpy": iteration(sparse_np, rewiring_np),
+            },
             max(repeats // 3, 20),
             warmup,
         )
@@ -139,15 +164,19 @@ def bench_mlp_step(repeats: int, warmup: int) -> list[dict]:
                     "benchmark": "deep_r_mlp_step",
                     "optimizer": name,
                     "what": what,
+                    "impl": "native" if rewiring._native else "numpy",
                     "dense_us": round(t["dense"]["cpu"] * 1e6, 1),
                     "deep_r_us": round(t["deep_r"]["cpu"] * 1e6, 1),
                     "ratio": round(t["deep_r"]["cpu"] / t["dense"]["cpu"], 3),
+                    "deep_r_numpy_us": round(t["deep_r_numpy"]["cpu"] * 1e6, 1),
+                    "numpy_ratio": round(t["deep_r_numpy"]["cpu"] / t["dense"]["cpu"], 3),
                     "wall_dense_us": round(t["dense"]["wall"] * 1e6, 1),
                     "wall_deep_r_us": round(t["deep_r"]["wall"] * 1e6, 1),
                     "wall_ratio": round(t["deep_r"]["wall"] / t["dense"]["wall"], 3),
                     "target_ratio": 1.2,
                     "active": active,
                     "budget": rewiring.budget_total,
+                    "same_as_numpy_50_steps": same,
                 }
             )
     return records
@@ -267,13 +296,15 @@ def main() -> None:
     if args.crossover:
         records += bench_crossover(5)
     print(
-        "| DEEP R MLP (CPU time, median) | optimizer | dense us | DEEP R us | ratio (<= 1.2?) | wall ratio |"
+        "| DEEP R MLP (CPU time, median) | optimizer | dense us | DEEP R us | ratio (<= 1.2?) | wall ratio "
+        "| numpy step us (ratio) |"
     )
-    print("|---|---|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for r in records:
         if r["benchmark"] == "deep_r_mlp_step":
-            print(f"| {r['what']} | {r['optimizer']} | {r['dense_us']} | {r['deep_r_us']} | {r['ratio']} "
-                  f"| {r['wall_ratio']} |")  # fmt: skip
+            numpy_side = f"{r['deep_r_numpy_us']} ({r['numpy_ratio']})"
+            print(f"| {r['what']} | {r['optimizer']} | {r['dense_us']} | {r['deep_r_us']} ({r['impl']}) "
+                  f"| {r['ratio']} | {r['wall_ratio']} | {numpy_side} |")  # fmt: skip
     big = next(r for r in records if r["benchmark"] == "sparse_vs_masked_dense")
     print(
         f"\n| {big['n']}x{big['n']} at {big['density']:.0%}, batch {big['batch']} | fwd+bwd ms (CPU time) |"

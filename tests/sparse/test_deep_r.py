@@ -12,7 +12,7 @@ from torch import nn
 
 from neuromorph.layers import RecurrentSpikingLayer
 from neuromorph.sparse import DeepR, RewiringTarget, SoftDeepR, SparseLinear, rewiring_targets, soft_theta_min
-from neuromorph.sparse.deep_r import step_rng
+from neuromorph.sparse.deep_r import step_noise
 from neuromorph.sparse.targets import step_generator
 
 
@@ -37,7 +37,7 @@ def test_one_sgd_step_matches_hand_computation():
     grad = torch.linspace(-0.3, 0.3, 12).view(3, 4)
     w.grad = grad.clone()
     r.step()
-    noise = torch.from_numpy(step_rng(seed, 0).standard_normal(5, dtype="float32"))
+    noise = torch.from_numpy(step_noise(seed, 0, 5).astype("float32"))
     want = theta - lr * sign * grad.view(-1)[idx] - lr * l1 + math.sqrt(2 * lr * temp) * noise
     assert bool((want > 0).all()), "test set-up: no connection should die in this step"
     torch.testing.assert_close(r.theta.detach(), want, rtol=0, atol=1e-7)
@@ -348,7 +348,7 @@ def test_the_torch_path_for_non_cpu_weights_equals_the_numpy_path():
         opt = torch.optim.Adam(ws, lr=0.3)
         r = DeepR(opt, ws, connectivity=0.3, budget="global", temperature=0.01, seed=3)
         if force_torch:
-            r._cpu = False
+            r._cpu, r._native = False, False
         for k in range(10):
             g = torch.Generator().manual_seed(k)
             for w in ws:
@@ -363,28 +363,30 @@ def test_the_torch_path_for_non_cpu_weights_equals_the_numpy_path():
 # -- the cheap step: one reused generator, cached views and buffers ---------------------------------
 
 
-def test_noise_of_a_later_step_comes_from_step_rng_of_that_step():
-    # DeepR jumps one generator to step n instead of building step_rng(seed, n): same numbers.
+@pytest.mark.parametrize("impl", ["numpy", "native"])
+def test_noise_of_a_later_step_is_step_noise_of_that_step(impl):
+    # counter-based: the noise of step n is a function of (seed, n), whatever ran before
     (w,) = _params((6, 7), seed=4)
     lr, temp, seed = 0.01, 1e-3, 11
-    r = DeepR(torch.optim.SGD([w], lr=lr), [w], connections=8, l1=0.0, temperature=temp, seed=seed)
+    r = DeepR(torch.optim.SGD([w], lr=lr), [w], connections=8, l1=0.0, temperature=temp, seed=seed, impl=impl)
     for n in range(4):
         theta = r.theta.detach().clone()
         w.grad = torch.zeros(6, 7)
         r.step()
-        noise = torch.from_numpy(step_rng(seed, n).standard_normal(8, dtype="float32"))
-        want = theta + math.sqrt(2 * lr * temp) * noise
+        noise = torch.from_numpy(step_noise(seed, n, 8).astype("float32"))
+        want = theta + noise * torch.tensor(math.sqrt(2 * lr * temp), dtype=torch.float32)
         assert bool((want > 0).all()), "test set-up: no connection should die"
         torch.testing.assert_close(r.theta.detach(), want, rtol=0, atol=0)
 
 
-def test_step_rng_is_a_function_of_seed_and_step_only():
-    a, b = step_rng(3, 5).random(4), step_rng(3, 5).random(4)
+def test_step_noise_is_a_function_of_seed_and_step_only():
+    a, b = step_noise(3, 5, 4), step_noise(3, 5, 4)
     assert (a == b).all()
-    assert not (step_rng(3, 6).random(4) == a).any()
-    assert not (step_rng(4, 5).random(4) == a).any()
+    assert not (step_noise(3, 6, 4) == a).any()
+    assert not (step_noise(4, 5, 4) == a).any()
+    assert (step_noise(3, 5, 9)[:4] == a).all()  # slot k's draw does not depend on how many slots
     with pytest.raises(ValueError, match="step"):
-        step_rng(3, -1)
+        step_noise(3, -1, 4)
 
 
 def test_weights_whose_storage_is_replaced_are_still_written():

@@ -1,4 +1,5 @@
-"""Native CPU path of the recurrent ALIF layer: plain C (``_alif_cpu.c``) loaded with ctypes.
+"""Native CPU kernels: plain C loaded with ctypes: the recurrent ALIF / LIF layers (``_alif_cpu.c``)
+and the DEEP R step (``_deep_r_cpu.c``, used by ``sparse/deep_r.py``; see that file).
 
 The Python fused path (``alif_sequence._FusedALIF``) spends most of its time in per-op overhead of
 tiny tensor ops and in a dense delayed-input matmul that is 90 % zeros. The C kernels run the same
@@ -15,7 +16,7 @@ loops with the same floating-point operations, event-driven over spikes:
     must not require grad (use the dense formulation then).
 
 The library is built on first use with the system C compiler (``$CC`` or ``gcc``; about a second)
-into ``${NEUROMORPH_CACHE:-~/.cache/neuromorph}/alif_cpu-<hash>.so``, the hash covering the source,
+into ``${NEUROMORPH_CACHE:-~/.cache/neuromorph}/alif_cpu-<hash>.so``, the hash covering the sources,
 the compiler flags and the CPU. :func:`available` says whether it could be built and loaded (never
 raising; :func:`unavailable_reason` tells why not); ``NEUROMORPH_NATIVE=0`` switches it off.
 """
@@ -50,7 +51,8 @@ __all__ = [
     "NativeLIF",
 ]
 
-_SOURCE = Path(__file__).with_name("_alif_cpu.c")
+# one library from every C source of the package: the ALIF/LIF kernels and the DEEP R step
+_SOURCES = (Path(__file__).with_name("_alif_cpu.c"), Path(__file__).with_name("_deep_r_cpu.c"))
 # IEEE results: no -ffast-math, no FP contraction (the source places its fma calls explicitly);
 # -fno-math-errno / -fno-trapping-math (as torch's own build) only let loops with selects vectorise.
 _COMMON_FLAGS = ("-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math")
@@ -89,7 +91,7 @@ def _compile(compiler: str, tmp: Path) -> str | None:
     """Compile into ``tmp``; ``None`` on success, else the last compiler error."""
     error = None
     for opt in _OPT_FLAGS:
-        cmd = [compiler, *_COMMON_FLAGS, *opt, str(_SOURCE), "-o", str(tmp), "-lm"]
+        cmd = [compiler, *_COMMON_FLAGS, *opt, *map(str, _SOURCES), "-o", str(tmp), "-lm"]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.SubprocessError) as exc:
@@ -103,14 +105,15 @@ def _compile(compiler: str, tmp: Path) -> str | None:
 def _build_and_load() -> ctypes.CDLL:
     if sys.platform.startswith("win"):
         raise RuntimeError("the native CPU kernels are built for Linux and macOS only")
-    if not _SOURCE.is_file():
-        raise RuntimeError(f"source {_SOURCE} is missing")
+    for source in _SOURCES:
+        if not source.is_file():
+            raise RuntimeError(f"source {source} is missing")
     compiler = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         raise RuntimeError("no C compiler found (gcc, cc or $CC)")
     key = hashlib.sha256()
     for part in (
-        _SOURCE.read_bytes(),
+        *(source.read_bytes() for source in _SOURCES),
         repr((compiler, _COMMON_FLAGS, _OPT_FLAGS)).encode(),
         _cpu_fingerprint().encode(),
     ):
@@ -138,7 +141,7 @@ def _build_and_load() -> ctypes.CDLL:
 
 
 def _declare(lib: ctypes.CDLL) -> None:
-    i64, ptr, f64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
+    i64, u64, ptr, f64 = ctypes.c_int64, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_double
     signatures = {
         # B, T, N, D, ext, ext_st, ext_sb, pending0, w_all, v0, z0, b0, r0, alpha, rho, beta, thr,
         # n_ref, dt, z, s, a, v_seq, v, b, r, pending
@@ -154,12 +157,24 @@ def _declare(lib: ctypes.CDLL) -> None:
         "delayed_input_forward": [i64] * 5 + [ptr] * 4,
         # T, B, n_in, N, D, x, delay, g_fut, g_st, g_sb, g_w_in
         "delayed_input_backward": [i64] * 5 + [ptr] * 3 + [i64, i64, ptr],
+        # DEEP R (_deep_r_cpu.c): n_t, counts, grads, index, sign, out
+        "deep_r_gather": [i64] + [ptr] * 5,
+        # n_t, counts, theta, sign, index, weights, sgd, grads, lr, fma, noise_scale, l1_lr, seed, step,
+        # kn, wn, fn, died
+        "deep_r_post": [i64] + [ptr] * 5 + [i64, ptr, f64, i64, f64, f64, u64, u64] + [ptr] * 4,
+        # n_died, died, n_t, counts, index, sign, theta, active, allowed, n_allowed, sign_tables,
+        # weights, global, split_w, epsilon, seed, step, perm
+        "deep_r_rewire": [i64, ptr, i64] + [ptr] * 9 + [i64, ptr, f64, u64, u64, ptr],
     }
+    returns = {"deep_r_post": i64, "deep_r_rewire": i64}
     for name, args in signatures.items():
         for suffix in _SUFFIX.values():
             fn = getattr(lib, name + suffix)
             fn.argtypes = args
-            fn.restype = ctypes.c_int
+            fn.restype = returns.get(name, ctypes.c_int)
+    # n, seed, step, kn, wn, fn, out
+    lib.deep_r_normals.argtypes = [i64, u64, u64] + [ptr] * 4
+    lib.deep_r_normals.restype = ctypes.c_int
 
 
 def _load() -> ctypes.CDLL | None:
@@ -515,3 +530,20 @@ class NativeLIF(torch.autograd.Function):
             dpsi, triangle = _dpsi(ctx.surrogate, s, spikes, r0, ctx.n_ref, ctx.dt), None
         g_cur = lif_backward(g_z, dpsi, s, alpha, one_minus_alpha, thr, ctx.dt, triangle=triangle)
         return (g_cur,) + (None,) * 9
+
+
+# -- the DEEP R step (_deep_r_cpu.c; sparse/deep_r.py calls these on numpy arrays) ------------------------
+def deep_r_function(name: str, dtype: torch.dtype):
+    """The ctypes function ``name`` (``deep_r_gather``, ``deep_r_post``, ``deep_r_rewire``) for
+    ``dtype``; arguments are addresses of C-contiguous arrays (see ``_deep_r_cpu.c``)."""
+    return _function(name, dtype)
+
+
+def deep_r_normals(n: int, seed: int, step: int, kn, wn, fn, out) -> int:
+    """``n`` standard normals of DEEP R's step (seed, step) into the float64 array ``out``; 0 on success."""
+    lib = _load() if not _disabled() else None
+    if lib is None:
+        raise RuntimeError(f"native CPU kernels unavailable: {unavailable_reason()}")
+    if out.dtype.itemsize != 8 or out.size < n or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a contiguous float64 array of at least {n} entries")
+    return lib.deep_r_normals(n, seed, step, kn.ctypes.data, wn.ctypes.data, fn.ctypes.data, out.ctypes.data)

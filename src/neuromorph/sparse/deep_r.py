@@ -47,9 +47,14 @@ Design (why it looks like this):
   fixed cost of a torch call (several microseconds) would dominate; it runs in numpy on host arrays
   (zero-copy views of CPU tensors; for CUDA weights theta and the positions are copied once per step).
 - Randomness: the initial connections and signs come from ``seed``; the noise and reconnections of step
-  n from ``step_rng(seed, n)`` only (a block of one PCG64 stream), so a resumed run continues bit for bit.
-- Cost: the step stays O(K) and, on CPU, allocates nothing of size K (buffers for theta's gradient,
-  the noise and the weights; numpy views of theta and the weights cached while their storage stays).
+  n are counter-based random numbers of (seed, n) (SplitMix64, ``deep_r_random.py``), so a resumed
+  run continues bit for bit and needs no generator state. :func:`step_noise` gives the noise of a step.
+- Two implementations of one step, equal bit for bit (tests): ``impl="numpy"`` (numpy on host arrays,
+  the reference; torch ops for CUDA weights) and ``impl="native"`` (``kernels/_deep_r_cpu.c``: gather,
+  noise, L1, deaths, reconnections and weight writes in three C calls around the wrapped optimizer's
+  step; CPU float32/float64 dense weights). ``"auto"`` (default) takes the native one where it applies
+  and the C compiler is there. The step is O(K): on the MLP of the paper the numpy step cost 2.5-3.5x a
+  dense SGD step in per-call overhead alone; the native one (docs/rewiring.md) removes that overhead.
 
 Usage::
 
@@ -67,7 +72,10 @@ import math
 
 import numpy as np
 import torch
+import torch.optim.optimizer as _optim_module  # the global step hooks (no public accessor)
 
+from ..kernels import cpu_native
+from . import deep_r_random as rnd
 from .targets import (
     group_lr,
     normalise_targets,
@@ -77,27 +85,25 @@ from .targets import (
     take_out_of_optimizer,
 )
 
-__all__ = ["DeepR", "BUDGETS", "step_rng"]
+__all__ = ["DeepR", "BUDGETS", "IMPLS", "step_noise"]
 
 BUDGETS = ("per-tensor", "global")
+IMPLS = ("auto", "native", "numpy")
 
 
-def _stream(seed: int) -> np.random.PCG64:
-    """The PCG64 stream of DEEP R's steps, at step 0."""
-    return np.random.PCG64(np.random.SeedSequence([int(seed) % 2**63, 1]))
-
-
-def step_rng(seed: int, step: int) -> np.random.Generator:
-    """The generator of DEEP R's step ``step``: noise first (``standard_normal(K)`` in theta's dtype,
-    only when T > 0), then the reconnections. A function of (seed, step) only: step n owns the block
-    of 2**64 draws that starts n * 2**64 draws into one PCG64 stream of the seed (blocks never
-    overlap). :class:`DeepR` reuses one generator and jumps it (``advance``, O(1)): a fresh
-    ``default_rng`` costs tens of microseconds, a sizeable part of a step."""
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 <= step < 2**64:
-        raise ValueError(f"step must be an int in [0, 2**64), got {step!r}")
-    bits = _stream(seed)
-    bits.advance(int(step) << 64)
-    return np.random.Generator(bits)
+def step_noise(seed: int, step: int, n: int) -> np.ndarray:
+    """The standard normal draws nu of DEEP R's step ``step`` for slots ``0 .. n - 1`` (float64; theta
+    moves by ``theta_dtype(nu) * theta_dtype(sqrt(2 eta T))``). A function of (seed, step) only (the
+    C library when it is built, else numpy: the same numbers)."""
+    seed, step = rnd.check_seed_step(seed, step)
+    if n and cpu_native.available():
+        out = np.empty(int(n))
+        kn, wn, fn = rnd.ziggurat_tables()
+        status = cpu_native.deep_r_normals(int(n), seed, step, kn, wn, fn, out)
+        if status:
+            raise RuntimeError(f"DEEP R noise of step {step}: native draw failed ({status})")
+        return out
+    return rnd.normals(seed, step, int(n))
 
 
 def check_hyper(l1, temperature, epsilon=None) -> None:
@@ -119,6 +125,7 @@ def _draw(
     active: np.ndarray, allowed: np.ndarray | None, n: int, n_allowed: int, n_active: int, rng
 ) -> np.ndarray:
     """``n`` distinct flat positions drawn uniformly among the allowed inactive ones; marks them active.
+    The initial connections (a numpy generator of the seed); the steps use :func:`_reconnect`.
 
     Rejection sampling (draw, drop active ones, keep first occurrences in draw order) while at least a
     quarter of the allowed connections is dormant, else an exact draw from the dormant list. The
@@ -157,6 +164,82 @@ def _draw(
     return take
 
 
+def _first_distinct(cand: np.ndarray) -> np.ndarray:
+    """The distinct entries of ``cand`` in order of first occurrence (a dict for small arrays, where
+    np.unique's sort costs more)."""
+    if cand.size <= 512:
+        return np.array(list(dict.fromkeys(cand.tolist())), dtype=np.int64)
+    _, first = np.unique(cand, return_index=True)
+    return cand[np.sort(first)]
+
+
+def _reconnect(
+    active: np.ndarray,
+    allowed: np.ndarray | None,
+    n: int,
+    n_allowed: int,
+    n_active: int,
+    seed: int,
+    step: int,
+    tensor: int,
+) -> np.ndarray:
+    """``n`` distinct dormant allowed positions of tensor ``tensor`` at step ``step``, uniformly; marks
+    them active. The reference of the C step (``deep_r_rewire``), which takes the same positions:
+
+    - at least a quarter dormant: the first ``n`` distinct dormant candidates ``allowed[floor(u_j *
+      n_allowed)]``, j = 0, 1, ... of lane ``LANE_DRAW + tensor`` (here in blocks, vectorised);
+    - else (exact): the dormant positions ordered by keys ``u_j`` of lane ``LANE_EXACT + tensor``
+      (stable), the first ``n`` (C leaves this case to Python)."""
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    dormant = n_allowed - n_active
+    if n > dormant:
+        raise ValueError(f"cannot activate {n} connections, only {dormant} are dormant")
+    if 4 * dormant >= n_allowed:
+        chosen, missing, j = [], n, 0
+        while missing:
+            m = int(missing * n_allowed / dormant * 1.25) + 16
+            u = rnd.uniforms(seed, step, rnd.LANE_DRAW + tensor, j, m)
+            j += m
+            cand = (u * n_allowed).astype(np.int64)
+            np.minimum(cand, n_allowed - 1, out=cand)
+            if allowed is not None:
+                cand = allowed[cand]
+            take = _first_distinct(cand[~active[cand]])[:missing]
+            active[take] = True
+            chosen.append(take)
+            missing -= take.size
+        return chosen[0] if len(chosen) == 1 else np.concatenate(chosen)
+    free = ~active
+    pool = np.flatnonzero(free if allowed is None else free[allowed])
+    if allowed is not None:
+        pool = allowed[pool]
+    keys = rnd.uniforms(seed, step, rnd.LANE_EXACT + tensor, 0, pool.size)
+    take = pool[np.argsort(keys, kind="stable")[:n]]
+    active[take] = True
+    return take
+
+
+_ADD_FMA: dict[torch.dtype, bool | None] = {}
+
+
+def _torch_add_fma(dtype: torch.dtype) -> bool | None:
+    """Whether torch's CPU ``a.add_(b, alpha=c)`` rounds once (a fused multiply-add, as its vectorised
+    kernel on FMA hardware) or twice, for both its vector and its scalar path; None when they differ
+    (the native step then leaves the update to the optimizer). Probed once per dtype on numbers where the
+    two roundings differ: 1 + (1 + 2^-p) * -(1 + 2^-p)."""
+    if dtype not in _ADD_FMA:
+        p = 12 if dtype == torch.float32 else 27
+        x = 1.0 + 2.0**-p
+        fused, twice = -(2.0 ** (1 - p) + 2.0 ** (-2 * p)), -(2.0 ** (1 - p))
+        kinds = set()
+        for n in (1, 67):  # the scalar tail alone, and vectors with a tail
+            out = torch.ones(n, dtype=dtype).add_(torch.full((n,), x, dtype=dtype), alpha=-x)
+            kinds |= {"fma" if v == fused else "twice" if v == twice else "?" for v in out.tolist()}
+        _ADD_FMA[dtype] = True if kinds == {"fma"} else False if kinds == {"twice"} else None
+    return _ADD_FMA[dtype]
+
+
 def _host(t: torch.Tensor) -> np.ndarray:
     """A numpy view of a CPU tensor (shared memory), a host copy of any other."""
     t = t.detach()
@@ -187,13 +270,18 @@ class DeepR:
         temperature: float = 0.0,
         epsilon: float = 1e-12,
         seed: int = 0,
+        impl: str = "auto",
     ) -> None:
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         if budget not in BUDGETS:
             raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
         check_hyper(l1, temperature, epsilon)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
         targets = normalise_targets(weights, step_generator(seed, -1))
+        if len(targets) > rnd.MAX_TENSORS:
+            raise ValueError(f"DEEP R rewires at most {rnd.MAX_TENSORS} tensors, got {len(targets)}")
         groups = take_out_of_optimizer(optimizer, targets, same_group=True)
         self.optimizer, self.targets, self._group = optimizer, targets, groups[0]
         self.global_budget = budget == "global"
@@ -216,14 +304,15 @@ class DeepR:
             seed,
         )
         self.step_count = 0
-        self._bits = _stream(seed)  # step n: this stream jumped to n * 2**64, as step_rng(seed, n)
-        self._bits_start = self._bits.state
-        self._rng = np.random.Generator(self._bits)
+        self._seed64 = seed % 2**64  # the key of the step's random numbers (deep_r_random.py)
         self._cpu = first.device.type == "cpu"
         budgets = resolve_budgets(targets, connectivity, connections, global_budget=self.global_budget)
         # host-side tables: sign and allowed connections per tensor, and which are active
-        self._sign_tables = [t.sign.cpu().numpy().copy() for t in targets]
-        self._allowed = [None if t.allowed_index is None else t.allowed_index.cpu().numpy() for t in targets]
+        self._sign_tables = [np.ascontiguousarray(t.sign.cpu().numpy(), dtype=np.int8) for t in targets]
+        self._allowed = [
+            None if t.allowed_index is None else np.ascontiguousarray(t.allowed_index.cpu().numpy(), np.int64)
+            for t in targets
+        ]
         self._active = [np.zeros(t.numel, dtype=bool) for t in targets]
         rng = np.random.default_rng([seed % 2**63, 0])  # the initial connections
         thetas, indices = [], []
@@ -267,6 +356,7 @@ class DeepR:
         self.sign = np.concatenate([s[ix] for s, ix in zip(self._sign_tables, indices, strict=True)]).astype(
             self._theta_np_dtype
         )
+        self._native = self._native_applies(impl)
         replace_in_group(optimizer.param_groups[self._group], [t.param for t in targets], self.theta)
         with torch.no_grad():
             for t in targets:
@@ -304,6 +394,93 @@ class DeepR:
         for t in self.targets:
             t.param.grad = None
 
+    def _native_applies(self, impl: str) -> bool:
+        """Whether the step runs in C: CPU float32/float64 dense weights (no SparseLinear), contiguous."""
+        why = None
+        if not self._cpu:
+            why = "the weights are not on the CPU"
+        elif self.theta.dtype not in (torch.float32, torch.float64):
+            why = f"the weights are {self.theta.dtype} (float32 or float64 needed)"
+        elif any(t.layer is not None for t in self.targets):
+            why = "a target is a SparseLinear"
+        elif any(not t.param.is_contiguous() for t in self.targets):
+            why = "a weight tensor is not contiguous"
+        elif impl != "numpy" and not cpu_native.available():
+            why = f"the C library is unavailable ({cpu_native.unavailable_reason()})"
+        if impl == "native" and why is not None:
+            raise ValueError(f'impl="native" cannot be used: {why}')
+        if impl == "numpy" or why is not None:
+            return False
+        kind = self.theta.dtype
+        self._c_gather = cpu_native.deep_r_function("deep_r_gather", kind)
+        self._c_post = cpu_native.deep_r_function("deep_r_post", kind)
+        self._c_rewire = cpu_native.deep_r_function("deep_r_rewire", kind)
+        n = len(self.targets)
+        self._c_counts = np.array(self._counts, dtype=np.int64)
+        self._c_grads = np.zeros(n, dtype=np.int64)
+        self._c_weights = np.zeros(n, dtype=np.int64)
+        self._c_n_allowed = np.array([t.n_allowed for t in self.targets], dtype=np.int64)
+        self._c_died = np.empty(self.budget_total, dtype=np.int64)
+        self._c_perm = np.empty(self.budget_total, dtype=np.int64)
+        self._c_tables = rnd.ziggurat_tables()
+        self._c_key = None
+        return True
+
+    def _sgd_fusable(self) -> bool:
+        """Whether the native step can do the wrapped optimizer's update itself: plain SGD (no momentum,
+        weight decay, maximize; a float lr), no step hooks, and torch's CPU ``add_`` rounding known
+        (:func:`_torch_add_fma`). The update is then torch's ``theta.add_(g, alpha=-lr)``, bit for bit,
+        without the optimizer's per-call overhead (about a third of a dense SGD step on the MLP)."""
+        opt = self.optimizer
+        if type(opt) is not torch.optim.SGD:
+            return False
+        group = opt.param_groups[self._group]
+        if (
+            group.get("momentum", 0) != 0
+            or group.get("weight_decay", 0) != 0
+            or group.get("maximize", False)
+            or group.get("differentiable", False)
+            or not isinstance(group["lr"], (int, float))
+            or opt._optimizer_step_pre_hooks
+            or opt._optimizer_step_post_hooks
+            or _optim_module._global_optimizer_pre_hooks
+            or _optim_module._global_optimizer_post_hooks
+        ):
+            return False
+        return _torch_add_fma(self.theta.dtype) is not None
+
+    def _c_addresses(self) -> tuple:
+        """Addresses of the arrays the C step reads (cached while no array is replaced)."""
+        # the arrays themselves (not ids: a freed array's id can be reused); index, sign and the tables
+        # are replaced only by load_state_tensors (which clears _c_key), the others change in place
+        key = (self.index, self.sign, *self._active, *self._sign_tables)
+        old = self._c_key
+        if old is None or len(old) != len(key) or any(a is not b for a, b in zip(old, key, strict=True)):
+            addr = lambda arrays: np.array([0 if a is None else a.ctypes.data for a in arrays], np.int64)  # noqa: E731
+            self._c_active = addr(self._active)
+            self._c_allowed = addr(self._allowed)
+            self._c_signs = addr(self._sign_tables)
+            kn, wn, fn = self._c_tables
+            self._c_static = (
+                self._c_counts.ctypes.data,
+                self._c_grads.ctypes.data,
+                self._c_weights.ctypes.data,
+                self.index.ctypes.data,
+                self.sign.ctypes.data,
+                self._c_died.ctypes.data,
+                self._c_perm.ctypes.data,
+                self._c_active.ctypes.data,
+                self._c_allowed.ctypes.data,
+                self._c_n_allowed.ctypes.data,
+                self._c_signs.ctypes.data,
+                self._split_w.ctypes.data,
+                kn.ctypes.data,
+                wn.ctypes.data,
+                fn.ctypes.data,
+            )
+            self._c_key = key
+        return self._c_static
+
     @torch.no_grad()
     def step(self) -> None:
         """Optimizer step on theta (gradient read from the weights' ``.grad``, which is then cleared),
@@ -311,6 +488,9 @@ class DeepR:
 
         On CPU the step allocates nothing of size K: theta's gradient, the noise and the weights
         s * theta are written into buffers kept across steps (the optimizer only reads the gradient)."""
+        if self._native:
+            self._native_step()
+            return
         theta = self.theta
         slices = self._slices()
         if self._cpu:
@@ -346,34 +526,109 @@ class DeepR:
         lr = group_lr(self.optimizer.param_groups[self._group])
         if not self._cpu:
             th = _host(theta)  # a host copy (a view for CPU tensors); copied back below
-        rng = None
         if self.temperature > 0:
-            rng = self._step_rng()
-            if self._cpu:
-                noise = rng.standard_normal(dtype=th.dtype, out=self._buf)
-                noise *= math.sqrt(2.0 * lr * self.temperature)
-                th += noise
-            else:
-                th += math.sqrt(2.0 * lr * self.temperature) * rng.standard_normal(th.size, dtype=th.dtype)
+            noise = step_noise(self._seed64, self.step_count, th.size).astype(th.dtype)
+            noise *= th.dtype.type(math.sqrt(2.0 * lr * self.temperature))
+            th += noise
         if self.l1 > 0:
-            th -= lr * self.l1
+            th -= th.dtype.type(lr * self.l1)
         died = np.flatnonzero(th <= 0)
         if died.size:
-            self._rewire(died, th, rng if rng is not None else self._step_rng())
+            self._rewire(died, th)
         if not self._cpu:
             theta.copy_(torch.from_numpy(th))
         self._write(th)
         self.step_count += 1
 
-    def _step_rng(self) -> np.random.Generator:
-        """``step_rng(self.seed, self.step_count)``, without building a generator."""
-        self._bits.state = self._bits_start
-        self._bits.advance(self.step_count << 64)
-        return self._rng
+    def _native_step(self) -> None:
+        """:meth:`step` in C (``_deep_r_cpu.c``): [gather, the wrapped optimizer's step], post (with the
+        SGD update fused when :meth:`_sgd_fusable`), rewire. Python here only passes addresses."""
+        theta = self.theta
+        (counts, grads, weights, index, sign, died, perm, active, allowed, n_allowed, signs, split_w,
+         kn, wn, fn) = self._c_static if self._c_key is not None else self._c_addresses()  # fmt: skip
+        keep = []  # .grad is cleared below: this keeps the gradients' memory alive for C
+        for i, t in enumerate(self.targets):
+            g = t.param.grad
+            if g is not None and (g.dtype != theta.dtype or not g.is_contiguous() or g.device.type != "cpu"):
+                g = g.detach().to("cpu", theta.dtype).contiguous()
+            keep.append(g)
+            self._c_grads[i] = 0 if g is None else g.data_ptr()
+            self._c_weights[i] = t.param.data_ptr()
+            t.param.grad = None
+        n_t = len(self.targets)
+        opt = self.optimizer
+        fused = self._sgd_fusable()
+        if fused:  # the SGD update happens in deep_r_post; the optimizer steps the other parameters
+            theta.grad = None
+            if getattr(opt.step, "_wrapped_by_lr_sched", False):
+                opt._opt_called = True  # what the scheduler's wrapper of opt.step records
+            if self._others_in_optimizer():
+                opt.step()
+        else:
+            if self._grad_np is None or self._grad_np.size != self.budget_total:
+                self._grad_np = np.empty(self.budget_total, dtype=self._theta_np_dtype)
+                self._grad_t = torch.from_numpy(self._grad_np)
+            self._c_gather(n_t, counts, grads, index, sign, self._grad_np.ctypes.data)
+            theta.grad = self._grad_t
+            opt.step()
+        lr = group_lr(opt.param_groups[self._group])
+        scale = math.sqrt(2.0 * lr * self.temperature) if self.temperature > 0 else 0.0
+        shrink = lr * self.l1 if self.l1 > 0 else 0.0
+        step = self.step_count
+        n_died = self._c_post(
+            n_t, counts, theta.data_ptr(), sign, index, weights, fused, grads, lr,
+            _ADD_FMA.get(theta.dtype) is True, scale, shrink, self._seed64, step, kn, wn, fn, died,
+        )  # fmt: skip
+        del keep
+        if n_died < 0:
+            raise RuntimeError(f"DEEP R step {step}: the native noise draw failed ({n_died})")
+        if n_died:
+            status = self._c_rewire(
+                n_died, died, n_t, counts, index, sign, theta.data_ptr(), active, allowed, n_allowed,
+                signs, weights, self.global_budget, split_w, self.epsilon, self._seed64, step, perm,
+            )  # fmt: skip
+            if status == -3:  # a tensor needs the exact draw: the Python rewiring (nothing was changed)
+                th = self._cpu_views()[0]
+                self._rewire(self._c_died[:n_died].copy(), th)
+                self._write(th)
+            elif status < 0:
+                raise MemoryError(f"DEEP R step {step}: native rewiring failed ({status})")
+            else:
+                self._counts = self._c_counts.tolist()
+                if not fused:  # plain SGD has no per-entry state
+                    self._fix_optimizer_state(self._c_died[:n_died].copy(), self._c_perm if status else None)
+        self.step_count += 1
 
-    def _rewire(self, died: np.ndarray, th: np.ndarray, rng: np.random.Generator) -> None:
+    def _others_in_optimizer(self) -> bool:
+        """Whether the wrapped optimizer holds parameters besides theta."""
+        return sum(len(g["params"]) for g in self.optimizer.param_groups) > 1
+
+    def _optimizer_state(self) -> list[torch.Tensor]:
+        """Per-entry optimizer state of theta (momentum, Adam moments: tensors shaped like theta)."""
+        return [
+            v
+            for v in self.optimizer.state.get(self.theta, {}).values()
+            if isinstance(v, torch.Tensor) and v.shape == self.theta.shape
+        ]
+
+    def _fix_optimizer_state(self, died: np.ndarray, perm: np.ndarray | None) -> None:
+        """Zero the dead slots' optimizer state (their connections are reborn fresh), then apply the
+        regrouping permutation ``perm`` (new slot s held old slot perm[s])."""
+        state = self._optimizer_state()
+        if not state:
+            return
+        dev = self.theta.device
+        died_t = torch.from_numpy(died).to(dev)
+        perm_t = None if perm is None else torch.from_numpy(perm.copy()).to(dev)
+        for v in state:
+            v.index_fill_(0, died_t, 0)
+            if perm_t is not None:
+                v.copy_(v[perm_t])
+
+    def _rewire(self, died: np.ndarray, th: np.ndarray) -> None:
         """Deaths -> dormant (weight 0, the slot's optimizer state zeroed); the freed slots are given to
-        uniformly drawn dormant connections (same tensor, or tensors drawn for a global budget)."""
+        uniformly drawn dormant connections (same tensor, or tensors drawn for a global budget) with
+        theta = epsilon. The reference of the C ``deep_r_rewire`` (same draws, same slot order)."""
         slices = self._slices()
         sizes = list(self._counts)
         cuts = np.searchsorted(died, [s.stop for s in slices]).tolist()
@@ -393,58 +648,65 @@ class DeepR:
                     flat[i][gone] = 0
                 else:
                     t.param.view(-1).index_fill_(0, torch.from_numpy(gone).to(t.param.device), 0)
-        state = [
-            v
-            for v in self.optimizer.state.get(self.theta, {}).values()
-            if isinstance(v, torch.Tensor) and v.shape == self.theta.shape
-        ]
-        if state:
-            died_t = torch.from_numpy(died).to(self.theta.device)
-            for v in state:
-                v.index_fill_(0, died_t, 0)
-        gained = self._global_split(died.size, rng) if self.global_budget else lost
+        gained = self._global_split(died.size) if self.global_budget else lost
         new_index, new_sign = [], []
         for i, t in enumerate(self.targets):
             if gained[i]:
-                idx = _draw(self._active[i], self._allowed[i], gained[i], t.n_allowed, self._counts[i], rng)
+                idx = _reconnect(
+                    self._active[i], self._allowed[i], gained[i], t.n_allowed, self._counts[i],
+                    self._seed64, self.step_count, i,
+                )  # fmt: skip
                 self._counts[i] += gained[i]
                 new_index.append(idx)
                 new_sign.append(self._sign_tables[i][idx])
-        if len(new_index) == 1:
-            self.index[died], self.sign[died] = new_index[0], new_sign[0]
-        else:
-            self.index[died] = np.concatenate(new_index)
-            self.sign[died] = np.concatenate(new_sign)
+        self.index[died] = np.concatenate(new_index)
+        self.sign[died] = np.concatenate(new_sign)
         th[died] = self.epsilon
+        perm = None
         if gained != lost:  # connections moved between tensors: regroup the slots by tensor
             n = len(self.targets)
             kind = np.int16 if n < 2**15 else np.int64  # a stable sort of int16 keys is a radix sort
             owner = np.repeat(np.arange(n, dtype=kind), sizes)
             owner[died] = np.repeat(np.arange(n, dtype=kind), gained)
             perm = np.argsort(owner, kind="stable")
-            self.index, self.sign = self.index[perm], self.sign[perm]
+            self.index[:] = self.index[perm]  # in place: the C step keeps the arrays' addresses
+            self.sign[:] = self.sign[perm]
             th[:] = th[perm]
-            if state:
-                perm_t = torch.from_numpy(perm).to(self.theta.device)
-                for v in state:
-                    v.copy_(v[perm_t])
+        if self._native:
+            self._c_counts[:] = self._counts
+        self._fix_optimizer_state(died, perm)
 
-    def _global_split(self, n: int, rng: np.random.Generator) -> list[int]:
-        """Reconnections per tensor: multinomial with p proportional to the initial budgets, each tensor
-        capped by its dormant connections (an excess is drawn again among tensors with room)."""
-        room = [t.n_allowed - c for t, c in zip(self.targets, self._counts, strict=True)]
-        weights = self._split_w
-        if min(room) >= n:  # no tensor can be over-filled: one draw (the first round below)
-            return rng.multinomial(n, self._split_p).tolist()
-        room = np.array(room)
-        counts = np.zeros(len(room), dtype=np.int64)
-        while n:
-            w = weights * (room > counts)
-            extra = rng.multinomial(n, w / w.sum())
-            take = np.minimum(extra, room - counts)
-            counts += take
-            n = int((extra - take).sum())
-        return counts.tolist()
+    def _global_split(self, n: int) -> list[int]:
+        """Reconnections per tensor under a global budget: each of the ``n`` goes to tensor i with
+        probability proportional to its initial budget among the tensors with dormant room left,
+        u_j of lane ``LANE_SPLIT`` picking the first i with u_j * total < cumulative weight (as C)."""
+        room = np.array([t.n_allowed - c for t, c in zip(self.targets, self._counts, strict=True)])
+        w = self._split_w
+        weighted = w > 0
+        if room.min() >= n and weighted.any():  # no tensor fills up: every draw sees the same weights
+            ids = np.flatnonzero(weighted)
+            cum = np.cumsum(w[ids])
+            u = rnd.uniforms(self._seed64, self.step_count, rnd.LANE_SPLIT, 0, n)
+            pick = np.minimum(np.searchsorted(cum, u * cum[-1], side="right"), ids.size - 1)
+            return np.bincount(ids[pick], minlength=len(room)).tolist()
+        u = rnd.uniforms(self._seed64, self.step_count, rnd.LANE_SPLIT, 0, n)
+        gained = [0] * len(room)
+        for j in range(n):
+            ok = [i for i in range(len(room)) if room[i] - gained[i] > 0 and w[i] > 0]
+            if not ok:  # only tensors of weight 0 have room
+                gained[next(i for i in range(len(room)) if room[i] - gained[i] > 0)] += 1
+                continue
+            total = 0.0
+            for i in ok:
+                total += float(w[i])
+            t, cum, pick = float(u[j]) * total, 0.0, ok[-1]
+            for i in ok:
+                cum += float(w[i])
+                if t < cum:
+                    pick = i
+                    break
+            gained[pick] += 1
+        return gained
 
     def _write(self, th: np.ndarray) -> None:
         """Weights from theta, eq. (1): an O(K) scatter (the dormant entries are already 0)."""
@@ -528,6 +790,9 @@ class DeepR:
         self.sign = np.concatenate(
             [s[self.index[sl]] for s, sl in zip(self._sign_tables, slices, strict=True)]
         ).astype(self._theta_np_dtype)
+        if self._native:
+            self._c_counts[:] = self._counts
+            self._c_key = None  # new index, sign and sign-table arrays
         self._write(_host(self.theta))
 
     def __repr__(self) -> str:
