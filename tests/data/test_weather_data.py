@@ -140,9 +140,28 @@ def test_png_round_trip_keeps_channels_and_bit_depth(tmp_path, channels, depth):
     path = write_image(tmp_path / "x.png", pixels, bit_depth=depth)
     back, info = read_image(path)
     assert info.format == "PNG" and info.bit_depth == depth and (info.height, info.width) == (5, 7)
-    assert info.channels == (4 if channels == 2 else channels)  # grey + alpha comes back as RGBA
+    assert info.channels == channels  # grey + alpha stays grey + alpha
     expected = merge_alpha(*split_alpha(pixels), info.channels)
     assert np.array_equal(np.round(back * scale), np.round(expected * scale))
+
+
+@pytest.mark.parametrize("depth", [8, 16])
+def test_grey_alpha_png_is_a_standard_png_other_readers_agree_with(tmp_path, depth):
+    import cv2
+    from PIL import Image
+
+    scale = 255 if depth == 8 else 65535
+    grey = np.arange(12).reshape(3, 4) * (scale // 11)
+    alpha = scale - grey
+    pixels = (np.stack([grey, alpha], axis=2) / scale).astype(np.float32)
+    path = write_image(tmp_path / "la.png", pixels, bit_depth=depth)
+    bgra = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # an independent decoder
+    assert bgra.shape == (3, 4, 4) and bgra.dtype == (np.uint8 if depth == 8 else np.uint16)
+    assert np.array_equal(bgra[..., 0], grey) and np.array_equal(bgra[..., 3], alpha)
+    if depth == 8:
+        with Image.open(path) as im:
+            assert im.mode == "LA"
+            assert np.array_equal(np.asarray(im), np.stack([grey, alpha], axis=2))
 
 
 @pytest.mark.parametrize("channels", [1, 3])

@@ -56,6 +56,7 @@ def test_parser_defines_the_documented_options():
         ("grey16.png", (20, 9, 1), 16),
         ("rgb.jpg", (17, 23, 3), 8),
         ("rgba16.png", (16, 16, 4), 16),
+        ("grey_alpha.png", (12, 10, 2), 8),
         ("wide.png", (3, 40, 3), 8),
     ],
 )
@@ -71,9 +72,9 @@ def test_restores_any_layout_and_size_in_kind(tmp_path, weather_run, capsys, nam
     _, info_in = read_image(src)
     assert info == info_in  # same format, bit depth, channels and size
     assert np.isfinite(restored).all()
-    if shape[2] == 4:  # alpha is passed through untouched
-        alpha_in = read_image(src)[0][..., 3]
-        assert np.array_equal(restored[..., 3], alpha_in)
+    if shape[2] in (2, 4):  # alpha is passed through untouched
+        alpha_in = read_image(src)[0][..., -1]
+        assert np.array_equal(restored[..., -1], alpha_in)
     assert str(out / name) in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == [name]  # no temporary files left
 

@@ -12,6 +12,9 @@ arXiv:2207.14626); the paper resizes inputs, this module never does: pixels are 
   replicated) plus the untouched alpha channel, and back.
 - :func:`write_image` encodes in memory and writes atomically (temporary file, then rename), so an
   interrupted run never leaves half a file.
+- Grey + alpha PNGs stay grey + alpha: OpenCV decodes them as BGRA and cannot encode two channels, so
+  the PNG header's colour type is read to fold them back, and they are written by a small PNG encoder
+  of our own (:func:`_png_grey_alpha`, colour type 4, 8 or 16 bits).
 
 Anything else (other bit depths, float images, larger images, unreadable files) raises ``ValueError``
 naming the file and what is allowed.
@@ -22,6 +25,8 @@ from __future__ import annotations
 import importlib
 import io
 import os
+import struct
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -89,6 +94,32 @@ def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(op(arr)) if op else arr
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_colour_type(data: bytes) -> int | None:
+    """The colour type of a PNG's IHDR chunk (0 grey, 2 RGB, 3 palette, 4 grey + alpha, 6 RGBA)."""
+    if data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) > 25:
+        return data[25]
+    return None
+
+
+def _png_grey_alpha(arr: np.ndarray) -> bytes:
+    """A PNG (colour type 4) of ``arr`` ``[H, W, 2]`` uint8 or uint16 (grey, alpha); rows unfiltered."""
+    h, w, _ = arr.shape
+    depth = 8 if arr.dtype == np.uint8 else 16
+    raw = np.ascontiguousarray(arr, dtype=np.uint8 if depth == 8 else ">u2").view(np.uint8).reshape(h, -1)
+    rows = np.concatenate([np.zeros((h, 1), np.uint8), raw], axis=1)  # filter byte 0 per row
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", w, h, depth, 4, 0, 0, 0)
+    idat = zlib.compress(rows.tobytes(), 6)
+    return _PNG_SIGNATURE + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
     """Read an image file -> (float32 ``[H, W, C]`` in [0, 1], :class:`ImageInfo`); see module doc."""
     cv2 = optional_module("cv2", "opencv-python-headless")
@@ -131,6 +162,8 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageInfo]:
         )
     if arr.ndim == 2:
         arr = arr[:, :, None]
+    if fmt == "PNG" and _png_colour_type(data) == 4 and arr.shape[2] == 4:
+        arr = arr[:, :, [0, 3]]  # grey + alpha, decoded by OpenCV as BGRA with B = G = R
     channels = arr.shape[2]
     if channels == 3:
         arr = arr[:, :, ::-1]  # BGR -> RGB
@@ -185,11 +218,13 @@ def encode_image(pixels: np.ndarray, fmt: str, bit_depth: int) -> bytes:
     scale, dtype = (255.0, np.uint8) if bit_depth == 8 else (65535.0, np.uint16)
     arr = np.round(np.clip(pixels, 0.0, 1.0) * scale).astype(dtype)
     c = arr.shape[2]
+    if c == 2 and fmt == "PNG":
+        return _png_grey_alpha(arr)
     if c == 3:
         arr = arr[:, :, ::-1]
     elif c == 4:
         arr = arr[:, :, [2, 1, 0, 3]]
-    elif c == 2:  # OpenCV writes grey + alpha as BGRA
+    elif c == 2:  # other formats: OpenCV writes grey + alpha as BGRA
         arr = np.concatenate([arr[:, :, :1]] * 3 + [arr[:, :, 1:]], axis=2)
     params = [cv2.IMWRITE_JPEG_QUALITY, 95] if fmt == "JPEG" else []
     ok, buf = cv2.imencode(FORMATS[fmt], np.ascontiguousarray(arr), params)
