@@ -44,17 +44,18 @@ Design (why it looks like this):
   reborn connection; Adam's step counter is shared, so a reborn slot's moments restart from zero with
   the run's bias correction.
 - The per-step bookkeeping (deaths, draws, signs, positions) is O(K) work on small arrays, where the
-  fixed cost of a torch call (several microseconds) would dominate; it runs in numpy on host arrays
-  (zero-copy views of CPU tensors; for CUDA weights theta and the positions are copied once per step).
+  fixed cost of a torch call (several microseconds) would dominate: numpy on host arrays (zero-copy
+  views of CPU tensors; for CUDA weights theta and the positions are copied once per step), or C.
 - Randomness: the initial connections and signs come from ``seed``; the noise and reconnections of step
   n are counter-based random numbers of (seed, n) (SplitMix64, ``deep_r_random.py``), so a resumed
   run continues bit for bit and needs no generator state. :func:`step_noise` gives the noise of a step.
 - Two implementations of one step, equal bit for bit (tests): ``impl="numpy"`` (numpy on host arrays,
   the reference; torch ops for CUDA weights) and ``impl="native"`` (``kernels/_deep_r_cpu.c``: gather,
-  noise, L1, deaths, reconnections and weight writes in three C calls around the wrapped optimizer's
-  step; CPU float32/float64 dense weights). ``"auto"`` (default) takes the native one where it applies
-  and the C compiler is there. The step is O(K): on the MLP of the paper the numpy step cost 2.5-3.5x a
-  dense SGD step in per-call overhead alone; the native one (docs/rewiring.md) removes that overhead.
+  noise, L1, deaths, reconnections and weight writes in C around the wrapped optimizer's step; for plain
+  SGD the update itself too, rounded as torch's ``add_``; CPU float32/float64 dense weights). ``"auto"``
+  (default) takes the native one where it applies and the C compiler is there. On the paper's MLP the
+  numpy step cost 2.5-3.5x a dense SGD step, nearly all per-call overhead; the native one is at about
+  1x (docs/rewiring.md).
 
 Usage::
 
