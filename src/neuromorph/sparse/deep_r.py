@@ -70,6 +70,7 @@ Usage::
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -122,49 +123,6 @@ def check_hyper(l1, temperature, epsilon=None) -> None:
         )
 
 
-def _draw(
-    active: np.ndarray, allowed: np.ndarray | None, n: int, n_allowed: int, n_active: int, rng
-) -> np.ndarray:
-    """``n`` distinct flat positions drawn uniformly among the allowed inactive ones; marks them active.
-    The initial connections (a numpy generator of the seed); the steps use :func:`_reconnect`.
-
-    Rejection sampling (draw, drop active ones, keep first occurrences in draw order) while at least a
-    quarter of the allowed connections is dormant, else an exact draw from the dormant list. The
-    candidates are ``floor(u * n_allowed)`` of uniform doubles (``rng.random``; ``rng.integers`` costs
-    several times more for the few tens of candidates of a step); deduplication keeps first occurrences
-    with a dict for small batches (np.unique sorts, which costs more there)."""
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    dormant = n_allowed - n_active
-    if n > dormant:
-        raise ValueError(f"cannot activate {n} connections, only {dormant} are dormant")
-    if 4 * dormant >= n_allowed:
-        chosen, missing = [], n
-        while missing:
-            m = int(missing * n_allowed / dormant * 1.25) + 16
-            cand = (rng.random(m) * n_allowed).astype(np.int64)
-            np.minimum(cand, n_allowed - 1, out=cand)  # u * n rounds up to n for u close to 1
-            if allowed is not None:
-                cand = allowed[cand]
-            cand = cand[~active[cand]]
-            if cand.size <= 512:
-                take = np.array(list(dict.fromkeys(cand.tolist()))[:missing], dtype=np.int64)
-            else:
-                _, first = np.unique(cand, return_index=True)
-                take = cand[np.sort(first)][:missing]  # distinct, in order of first draw: uniform
-            active[take] = True
-            chosen.append(take)
-            missing -= take.size
-        return chosen[0] if len(chosen) == 1 else np.concatenate(chosen)
-    free = ~active
-    pool = np.flatnonzero(free if allowed is None else free[allowed])
-    if allowed is not None:
-        pool = allowed[pool]
-    take = pool[rng.permutation(pool.size)[:n]]
-    active[take] = True
-    return take
-
-
 def _first_distinct(cand: np.ndarray) -> np.ndarray:
     """The distinct entries of ``cand`` in order of first occurrence (a dict for small arrays, where
     np.unique's sort costs more)."""
@@ -174,23 +132,22 @@ def _first_distinct(cand: np.ndarray) -> np.ndarray:
     return cand[np.sort(first)]
 
 
-def _reconnect(
+def _draw(
     active: np.ndarray,
     allowed: np.ndarray | None,
     n: int,
     n_allowed: int,
     n_active: int,
-    seed: int,
-    step: int,
-    tensor: int,
+    uniforms: Callable[[int, int], np.ndarray],
+    order: Callable[[int], np.ndarray],
 ) -> np.ndarray:
-    """``n`` distinct dormant allowed positions of tensor ``tensor`` at step ``step``, uniformly; marks
-    them active. The reference of the C step (``deep_r_rewire``), which takes the same positions:
+    """``n`` distinct flat positions drawn uniformly among the allowed inactive ones; marks them active.
 
-    - at least a quarter dormant: the first ``n`` distinct dormant candidates ``allowed[floor(u_j *
-      n_allowed)]``, j = 0, 1, ... of lane ``LANE_DRAW + tensor`` (here in blocks, vectorised);
-    - else (exact): the dormant positions ordered by keys ``u_j`` of lane ``LANE_EXACT + tensor``
-      (stable), the first ``n`` (C leaves this case to Python)."""
+    While at least a quarter of the allowed connections is dormant: rejection sampling, the first ``n``
+    distinct dormant candidates ``allowed[floor(u_j * n_allowed)]`` for the uniforms u_j, j = 0, 1, ...
+    (``uniforms(j, m)`` gives u_j .. u_{j+m-1}; drawn in blocks, vectorised). Else exact: the dormant
+    positions in the random order ``order(count)`` (a permutation), the first ``n``. (``rng.integers``
+    would cost several times more than uniform doubles for the few tens of candidates of a step.)"""
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     dormant = n_allowed - n_active
@@ -200,13 +157,12 @@ def _reconnect(
         chosen, missing, j = [], n, 0
         while missing:
             m = int(missing * n_allowed / dormant * 1.25) + 16
-            u = rnd.uniforms(seed, step, rnd.LANE_DRAW + tensor, j, m)
+            cand = (uniforms(j, m) * n_allowed).astype(np.int64)
             j += m
-            cand = (u * n_allowed).astype(np.int64)
-            np.minimum(cand, n_allowed - 1, out=cand)
+            np.minimum(cand, n_allowed - 1, out=cand)  # u * n rounds up to n for u close to 1
             if allowed is not None:
                 cand = allowed[cand]
-            take = _first_distinct(cand[~active[cand]])[:missing]
+            take = _first_distinct(cand[~active[cand]])[:missing]  # in order of first draw: uniform
             active[take] = True
             chosen.append(take)
             missing -= take.size
@@ -215,10 +171,28 @@ def _reconnect(
     pool = np.flatnonzero(free if allowed is None else free[allowed])
     if allowed is not None:
         pool = allowed[pool]
-    keys = rnd.uniforms(seed, step, rnd.LANE_EXACT + tensor, 0, pool.size)
-    take = pool[np.argsort(keys, kind="stable")[:n]]
+    take = pool[order(pool.size)[:n]]
     active[take] = True
     return take
+
+
+def _reconnect(
+    active: np.ndarray, allowed: np.ndarray | None, n: int, n_allowed: int, n_active: int, seed: int,
+    step: int, tensor: int,
+) -> np.ndarray:  # fmt: skip
+    """:func:`_draw` with the step's counter-based numbers: lane ``LANE_DRAW + tensor`` for the
+    candidates, keys of lane ``LANE_EXACT + tensor`` (stable argsort) for the exact draw. The reference
+    of the C ``deep_r_rewire``, which takes the same positions (and leaves the exact draw to Python)."""
+    return _draw(
+        active, allowed, n, n_allowed, n_active,
+        lambda j, m: rnd.uniforms(seed, step, rnd.LANE_DRAW + tensor, j, m),
+        lambda count: np.argsort(rnd.uniforms(seed, step, rnd.LANE_EXACT + tensor, 0, count), kind="stable"),
+    )  # fmt: skip
+
+
+def _initial_draw(active, allowed, n, n_allowed, rng: np.random.Generator) -> np.ndarray:
+    """:func:`_draw` of the initial connections from a numpy generator of the seed (consumed in order)."""
+    return _draw(active, allowed, n, n_allowed, 0, lambda j, m: rng.random(m), rng.permutation)
 
 
 _ADD_FMA: dict[torch.dtype, bool | None] = {}
@@ -336,7 +310,7 @@ class DeepR:
                     )
                 self._active[i][idx] = True
             else:
-                idx = _draw(self._active[i], self._allowed[i], k, t.n_allowed, 0, rng)
+                idx = _initial_draw(self._active[i], self._allowed[i], k, t.n_allowed, rng)
             flat = _host(t.dense_weight()).reshape(-1)
             thetas.append(np.maximum(np.abs(flat[idx]), self.epsilon))
             indices.append(idx.astype(np.int64))
