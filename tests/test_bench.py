@@ -8,6 +8,7 @@ import json
 import sys
 
 import pytest
+import torch
 
 from neuromorph import bench
 from neuromorph.cli import main
@@ -82,3 +83,83 @@ def test_cli_bench(tmp_path, capsys):
     assert "| a | eager |" in capsys.readouterr().out
     assert main(["bench", "--case", "x", "--json", str(out)]) == 2
     assert "--case must be one of" in capsys.readouterr().err
+
+
+# -- peers against their reference twins ------------------------------------------------------------------
+PEER_CASES = [
+    ("a", "snntorch"),
+    ("a", "norse"),
+    ("a", "spikingjelly"),
+    ("b", "snntorch"),
+    ("b", "norse"),
+    ("c", "snntorch"),
+    ("c", "norse"),
+]
+SMALL = 0.1  # big enough that every case spikes (2-5 % of neurons per step), small enough to run in ~0.1 s
+
+
+def _require(peer: str) -> None:
+    why = bench._why_unavailable(peer)
+    if why is not None:
+        pytest.skip(why)
+
+
+def _built(case: str, peer: str):
+    c = bench.CASES[case].scaled(SMALL)
+    x, r = bench._inputs(c, 0)
+    work = bench._build(c, peer, 0, x, r)
+    z = work.step()
+    assert 0 < float(z.mean()) < 0.2  # the case spikes, so spikes and reset take part in the check
+    return work, z
+
+
+@pytest.mark.parametrize(("case", "peer"), PEER_CASES)
+def test_peer_agrees_with_its_twin(case, peer):
+    _require(peer)
+    rec = bench.measure(case, peer, scale=SMALL, repeats=1, warmup=0, memory=False)
+    assert rec["grad_ok"] is True
+    assert rec["grad_max_abs_err"] is not None
+    assert "gradient checked against" in rec["note"] and "spikes differ in 0 entries" in rec["note"]
+    assert "FAILED" not in rec["note"]
+
+
+@pytest.mark.parametrize(("case", "peer"), PEER_CASES)
+def test_check_fails_against_a_twin_with_another_threshold(case, peer):
+    _require(peer)
+    work, z = _built(case, peer)
+    assert bench.gradient_check(z, work.grads(), *work.twin())[1] is True
+    err, ok, detail = bench.gradient_check(z, work.grads(), *work.twin(threshold=1.1 * bench.THRESHOLD))
+    assert ok is False
+    assert err > 0 and not detail.startswith("0 entries")  # spikes flip and gradients move
+
+
+@pytest.mark.parametrize(
+    ("peer", "surrogate"),
+    [("snntorch", "_ATan"), ("norse", "_SuperSpike"), ("spikingjelly", "Sigmoid")],
+)
+def test_check_sees_a_wrong_surrogate_with_the_same_spikes(monkeypatch, capsys, peer, surrogate):
+    """Twice the peer's pseudo-derivative in the twin: same spikes, gradients off -> grad_ok False,
+    visible in the note and on stderr."""
+    _require(peer)
+    cls = getattr(bench, surrogate)
+    right = cls.derivative
+    monkeypatch.setattr(cls, "derivative", lambda self, x: 2.0 * right(self, x))
+    rec = bench.measure("a", peer, scale=SMALL, repeats=1, warmup=0, memory=False)
+    assert rec["grad_ok"] is False
+    assert "spikes differ in 0 entries" in rec["note"] and rec["note"].startswith("GRADIENT CHECK FAILED")
+    assert "gradient check FAILED" in capsys.readouterr().err
+
+
+def test_gradient_check_by_hand():
+    z = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    g_ref = {"w_in": torch.tensor([[2.0, -4.0]]), "w_rec": torch.tensor([[1.0]])}
+    close = {"w_in": torch.tensor([[2.0, -4.0002]]), "w_rec": torch.tensor([[1.0]])}  # 2e-4 <= 1e-4 * 4
+    assert bench.gradient_check(z, close, z, g_ref)[:2] == (pytest.approx(2e-4, rel=1e-2), True)
+    far = {"w_in": torch.tensor([[2.0, -4.001]]), "w_rec": torch.tensor([[1.0]])}
+    assert bench.gradient_check(z, far, z, g_ref)[1] is False
+    flipped = z.clone()
+    flipped[0, 0] = 1.0
+    err, ok, detail = bench.gradient_check(flipped, g_ref, z, g_ref)
+    assert (err, ok, detail) == (0.0, False, "1 entries; largest gradient entry 4")
+    with pytest.raises(ValueError, match="do not match"):
+        bench.gradient_check(z, {"w_in": g_ref["w_in"]}, z, g_ref)

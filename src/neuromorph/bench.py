@@ -11,9 +11,10 @@ layers' default initialisation times a per-case gain so that 2-5 % of the neuron
 Frameworks: ``neuromorph`` (the layer with ``impl="auto"``, what users get), ``eager`` (the same layer with
 ``impl="reference"``: an autograd loop over ``unbind(0)`` of the input current, written as a careful user
 would), and the peers ``snntorch`` (Leaky / RLeaky), ``norse`` (LIFBoxCell loop / LSNNRecurrentCell /
-LIFRecurrentCell) and ``spikingjelly`` (multi-step ``LIFNode``, its default = fastest CPU backend, case a
-only) when they are importable. A peer that is not importable gives a record with a ``note`` and no
-numbers; the harness never fails because of it.
+LIFRecurrentCell) and ``spikingjelly`` (multi-step ``LIFNode`` with its default backend, case a only; on
+CPU, SpikingJelly 2.0.0 has no compiled kernel: its ``sj_lif`` op binds a torch reference loop, and
+under autograd that loop itself) when they are importable. A peer that is not importable gives a
+record with a ``note`` and no numbers; the harness never fails because of it.
 
 What is measured, per (case, framework):
 
@@ -29,10 +30,18 @@ What is measured, per (case, framework):
     so that large freed tensors go back to the OS.
     It counts everything the run allocates (saved activations, gradients, temporaries), not the model,
     the input or the loaded libraries. ``None`` when not measured (``memory=False``, or no ``/proc``).
-``grad_max_abs_err``
+``grad_max_abs_err``, ``grad_ok``
     Before timing: the largest absolute difference of the weight gradients (input and recurrent
-    weights) from those of the ``eager`` reference with the same weights. Only where the framework
-    computes the same model; for the peers, whose neuron conventions differ (``note``), it is ``None``.
+    weights) from those of a reference run on the same weights and inputs; ``grad_ok`` when it is at
+    most ``GRAD_TOLERANCE`` times the reference's largest gradient entry and no spike differs. The
+    reference of ``neuromorph`` and ``eager`` is the ``eager`` layer. The peers compute other models
+    (their neuron conventions differ from ours, ``note``), so each is checked against its *reference
+    twin*: the peer's own update equations, reset, spike comparison and surrogate gradient written as a
+    plain eager autograd loop over ``unbind(0)`` (``_snntorch_twin``, ``_norse_recurrent_twin``,
+    ``_spikingjelly_twin``), or neuromorph's ``LIFBoxLayer`` where that expresses the peer exactly
+    (Norse's ``LIFBoxCell``: Euler leak, hard reset, with Norse's SuperSpike pseudo-derivative). A failed
+    check is kept in the record (``grad_ok: false``, note starting ``GRADIENT CHECK FAILED``) and
+    printed to stderr; the peer is still timed.
 """
 
 from __future__ import annotations
@@ -53,11 +62,14 @@ from pathlib import Path
 
 import torch
 
+from .spikes import Sigmoid, Surrogate, spike
+
 __all__ = [
     "CASES",
     "FRAMEWORKS",
     "Case",
     "available_frameworks",
+    "gradient_check",
     "machine_slug",
     "markdown_table",
     "measure",
@@ -163,12 +175,17 @@ def available_frameworks() -> dict[str, str | None]:
 @dataclasses.dataclass
 class _Workload:
     """A built model: ``step()`` runs zero-grad + forward + loss + backward and returns the spikes;
-    ``grads()`` the weight gradients in neuromorph's layout (``[n_in, N]``, ``[N, N]``)."""
+    ``grads()`` the weight gradients of the last ``step()`` in neuromorph's layout (``[n_in, N]``,
+    ``[N, N]``)."""
 
     step: Callable[[], torch.Tensor]
     grads: Callable[[], dict[str, torch.Tensor]]
     note: str = ""
-    comparable: bool = False
+    comparable: bool = False  # computes our model: checked against neuromorph's eager reference
+    # A peer: ``twin(threshold=THRESHOLD)`` runs its reference twin on the same weights and inputs and
+    # returns ``(spikes, weight gradients)`` (neuromorph layout); ``twin_name`` says what the twin is.
+    twin: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None
+    twin_name: str = ""
 
 
 def _inputs(case: Case, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,6 +259,194 @@ def _weights(case: Case, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     return layer.weight.detach().clone(), None
 
 
+# -- reference twins of the peers -----------------------------------------------------------------------
+# A twin is a peer's model written as a plain eager autograd loop over ``unbind(0)``: the peer's own update
+# order, reset (and whether it is detached), spike comparison and surrogate, read from the installed
+# sources (snnTorch 1.0.0 ``_neurons/{leaky,rleaky,neurons}.py`` + ``surrogate.py``; Norse 1.1.0
+# ``torch/functional/{lif_box,lif,lsnn,superspike,reset}.py`` + ``torch/module/snn.py``; SpikingJelly
+# 2.0.0 ``_ops/lif/{reference,cpu}.py`` + ``_ops/surrogate.py``). It runs on copies of the peer's weights
+# (peer layout ``[out, in]``) and the same inputs, and returns its spikes and its weight gradients in
+# neuromorph's layout, so that ``measure`` checks the peer exactly as it checks ``neuromorph``.
+
+
+@dataclasses.dataclass(frozen=True)
+class _ATan(Surrogate):
+    """snnTorch's default ``surrogate.atan(alpha=2)``: ``(alpha / 2) / (1 + (pi / 2 * alpha * x)**2)``."""
+
+    alpha: float = 2.0
+
+    def derivative(self, x: torch.Tensor) -> torch.Tensor:
+        return self.alpha / 2 / (1 + (math.pi / 2 * self.alpha * x) ** 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class _SuperSpike(Surrogate):
+    """Norse's ``method="super"``: ``1 / (|x| + 1)**2`` (Norse's ``alpha`` is not used by its backward)."""
+
+    def derivative(self, x: torch.Tensor) -> torch.Tensor:
+        return 1.0 / (x.abs() + 1.0) ** 2
+
+
+class _SpikeAtOrAbove(torch.autograd.Function):
+    """SpikingJelly's spike ``H(x) = 1[x >= 0]`` (ours is ``x > 0``) with a neuromorph pseudo-derivative."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, surrogate: Surrogate) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.surrogate = surrogate
+        return (x >= 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        return grad * ctx.surrogate.derivative(x), None
+
+
+_TwinModel = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+
+
+def _run_twin(
+    x: torch.Tensor,
+    r: torch.Tensor,
+    weights: dict[str, torch.Tensor],
+    model: _TwinModel,
+    *,
+    zero_rec_diagonal: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Spikes and weight gradients (neuromorph layout ``[in, out]``) of ``model(x, leaf copies of
+    weights)`` under the benchmark's loss ``sum(z * r)``. ``zero_rec_diagonal``: the peer zeroes the
+    gradient of the self-connections (Norse's ``autapses=False`` hook)."""
+    leaves = {k: w.detach().clone().requires_grad_(True) for k, w in weights.items()}
+    z = model(x, leaves)
+    (z * r).sum().backward()
+    grads = {k: leaves[k].grad for k in leaves}
+    if zero_rec_diagonal and "w_rec" in grads:
+        grads["w_rec"] = grads["w_rec"].clone().fill_diagonal_(0.0)
+    return z.detach(), {k: g.T for k, g in grads.items()}
+
+
+def _snntorch_twin(
+    beta: float, threshold: float, recurrent: bool, rec_bias: torch.Tensor | None = None
+) -> _TwinModel:
+    """snnTorch ``Leaky`` / ``RLeaky`` (``reset_mechanism="subtract"``, ``reset_delay=True``, ATan)::
+
+    reset(t) = H(U(t-1) - thr), detached          (``mem_reset``: the last step's spike, recomputed)
+    U(t) = beta U(t-1) + I(t) [+ W_rec S(t-1) + b] - reset(t) thr
+    S(t) = H(U(t) - thr)  (x > 0), ATan pseudo-derivative on U(t) - thr
+    """
+    surrogate = _ATan(2.0)
+
+    def model(x: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
+        cur = torch.nn.functional.linear(x, w["w_in"])
+        mem = torch.zeros_like(cur[0])
+        spk = torch.zeros_like(cur[0])
+        zs = []
+        for c in cur.unbind(0):
+            reset = (mem.detach() - threshold > 0).to(mem.dtype)
+            if recurrent:
+                from_rec = torch.nn.functional.linear(spk, w["w_rec"], rec_bias)
+                mem = beta * mem + c + from_rec - reset * threshold
+            else:
+                mem = beta * mem + c - reset * threshold
+            spk = spike(mem - threshold, surrogate)
+            zs.append(spk)
+        return torch.stack(zs)
+
+    return model
+
+
+def _norse_box_twin(n: int, threshold: float) -> _TwinModel:
+    """Norse ``LIFBoxCell`` (Euler leak ``v + dt/tau (I + v_leak - v)``, spike ``H(v - v_th)`` from the
+    updated voltage, reset to 0 *through* the gradient, SuperSpike) is neuromorph's ``LIFBoxLayer`` with
+    ``integration="euler"``, ``reset="hard"`` and Norse's pseudo-derivative: the twin is that layer.
+    With tau 20 ms, dt 1 ms both compute the same float32 leak factor (0.05 + 7.5e-10)."""
+    from .layers import LIFBoxLayer
+
+    layer = LIFBoxLayer(
+        (n,),
+        tau_mem=TAU_MEM,
+        threshold=threshold,
+        reset="hard",
+        integration="euler",
+        dt=1.0,
+        surrogate=_SuperSpike(),
+    )
+
+    def model(x: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
+        z, _ = layer.to(x.device)(torch.nn.functional.linear(x, w["w_in"]))
+        return z
+
+    return model
+
+
+def _norse_recurrent_twin(p: dict[str, torch.Tensor], dt: float, adaptive: bool) -> _TwinModel:
+    """Norse ``LIFRecurrentCell`` (``lif_step``) or ``LSNNRecurrentCell`` (``lsnn_step``), Euler, reset to
+    ``v_reset`` with the spike detached, SuperSpike on ``v - threshold``::
+
+    LIF:  i' = i + W_in x(t) + W_rec z(t-1);  v' = v + dt/tau_m ((v_leak - v) + i');  i = i' - dt/tau_s i'
+          z(t) = H(v' - v_th);  v = (1 - z) v' + z v_reset
+    LSNN: v' = v + dt/tau_m ((v_leak - v) + i);  i'' = i - dt/tau_s i;  b' = b + dt/tau_a (v_th - b)
+          z(t) = H(v' - b');  v = (1 - z) v' + z v_reset;  i = i'' + W_in x(t) + W_rec z(t-1)
+          b = b' + z beta
+    (the LSNN's input reaches the voltage one step later; its threshold ``b`` starts at ``v_th``)."""
+    surrogate = _SuperSpike()
+
+    def model(x: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
+        shape = (x.shape[1], w["w_in"].shape[0])
+        z = torch.zeros(shape, dtype=x.dtype, device=x.device)
+        v = torch.full(shape, float(p["v_leak"]), dtype=x.dtype, device=x.device)
+        i = torch.zeros(shape, dtype=x.dtype, device=x.device)
+        b = p["v_th"]
+        zs = []
+        for xt in x.unbind(0):
+            from_in = torch.nn.functional.linear(xt, w["w_in"])
+            from_rec = torch.nn.functional.linear(z, w["w_rec"])
+            if adaptive:
+                v_new = v + dt * p["tau_mem_inv"] * ((p["v_leak"] - v) + i)
+                i_new = i + -dt * p["tau_syn_inv"] * i
+                b_new = b + dt * p["tau_adapt_inv"] * (p["v_th"] - b)
+                z_new = spike(v_new - b_new, surrogate)
+                zd = z_new.detach()
+                v = (1 - zd) * v_new + zd * p["v_reset"]
+                i = i_new + from_in + from_rec
+                b = b_new + zd * p["beta"]
+            else:
+                i_jump = i + from_in + from_rec
+                v_new = v + dt * p["tau_mem_inv"] * ((p["v_leak"] - v) + i_jump)
+                i = i_jump + -dt * p["tau_syn_inv"] * i_jump
+                z_new = spike(v_new - p["v_th"], surrogate)
+                zd = z_new.detach()
+                v = (1 - zd) * v_new + zd * p["v_reset"]
+            z = z_new
+            zs.append(z)
+        return torch.stack(zs)
+
+    return model
+
+
+def _spikingjelly_twin(tau: float, threshold: float) -> _TwinModel:
+    """SpikingJelly multi-step ``LIFNode`` (``decay_input=True``, ``v_reset=None``, ``detach_reset=False``,
+    ``surrogate.Sigmoid(alpha=4)``)::
+
+    H(t) = V(t-1) + (X(t) - (V(t-1) - 0)) / tau;  S(t) = 1[H(t) >= thr];  V(t) = H(t) - S(t) thr
+    dS/dH = alpha sigmoid(alpha (H - thr)) (1 - sigmoid(...)), the reset's gradient kept."""
+    surrogate = Sigmoid(slope=4.0)
+
+    def model(x: torch.Tensor, w: dict[str, torch.Tensor]) -> torch.Tensor:
+        cur = torch.nn.functional.linear(x, w["w_in"])
+        v = torch.zeros_like(cur[0])
+        zs = []
+        for c in cur.unbind(0):
+            h = v + (c - (v - 0.0)) / tau
+            s = _SpikeAtOrAbove.apply(h - threshold, surrogate)
+            v = h - s * threshold
+            zs.append(s)
+        return torch.stack(zs)
+
+    return model
+
+
+# -- peers ----------------------------------------------------------------------------------------------
 def _snntorch(case: Case, seed: int, x: torch.Tensor, r: torch.Tensor) -> _Workload:
     import snntorch as snn
 
@@ -279,14 +484,25 @@ def _snntorch(case: Case, seed: int, x: torch.Tensor, r: torch.Tensor) -> _Workl
         return z.detach()
 
     def grads() -> dict[str, torch.Tensor]:
+        if case.recurrent:
+            return {"w_in": fc.weight.grad.T, "w_rec": lif.recurrent.weight.grad.T}
         return {"w_in": fc.weight.grad.T}
+
+    def twin(threshold: float = THRESHOLD) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        weights = {"w_in": fc.weight}
+        bias = None
+        if case.recurrent:
+            weights["w_rec"] = lif.recurrent.weight
+            bias = lif.recurrent.bias.detach().clone()
+        model = _snntorch_twin(float(lif.beta.clamp(0, 1)), threshold, case.recurrent, bias)
+        return _run_twin(x, r, weights, model)
 
     kind = "RLeaky (all-to-all, every neuron LIF: snnTorch has no ALIF)" if case.recurrent else "Leaky"
     note = (
         f"{kind}; same weights and time constant, but spikes from the updated voltage, reset detached, "
-        "ATan surrogate: not our model, gradient not compared"
+        "ATan surrogate: not our model"
     )
-    return _Workload(step, grads, note)
+    return _Workload(step, grads, note, twin=twin, twin_name="a torch twin of snnTorch's own equations")
 
 
 def _norse(case: Case, seed: int, x: torch.Tensor, r: torch.Tensor) -> _Workload:
@@ -311,7 +527,11 @@ def _norse(case: Case, seed: int, x: torch.Tensor, r: torch.Tensor) -> _Workload
                 zs.append(z)
             return torch.stack(zs)
 
+        def twin(threshold: float = THRESHOLD) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            return _run_twin(x, r, {"w_in": fc.weight}, _norse_box_twin(case.n, threshold))
+
         note = "LIFBoxCell loop; Euler leak, spike from the updated voltage, reset to zero"
+        twin_name = "neuromorph's LIFBoxLayer (euler, hard reset) with Norse's SuperSpike surrogate"
     else:
         syn_inv = torch.as_tensor(1.0 / dt)  # synaptic current lasts one step, as in our model
         if case.n_alif:
@@ -328,6 +548,8 @@ def _norse(case: Case, seed: int, x: torch.Tensor, r: torch.Tensor) -> _Workload
         else:
             p = norse.LIFParameters(tau_syn_inv=syn_inv, tau_mem_inv=tau_mem_inv, v_th=thr)
             cls, kind = norse.LIFRecurrentCell, "LIFRecurrentCell"
+        if p.method != "super":
+            raise RuntimeError(f"Norse's default surrogate changed to {p.method!r}; update the twin")
         cell = cls(
             case.n_in,
             case.n,
@@ -347,7 +569,17 @@ def _norse(case: Case, seed: int, x: torch.Tensor, r: torch.Tensor) -> _Workload
                 zs.append(z)
             return torch.stack(zs)
 
+        def twin(threshold: float = THRESHOLD) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            names = ["tau_syn_inv", "tau_mem_inv", "v_leak", "v_reset"]
+            names += ["tau_adapt_inv", "beta"] if case.n_alif else []
+            tp = {k: torch.as_tensor(getattr(p, k)).to(x.device) for k in names}
+            tp["v_th"] = torch.as_tensor(threshold, dtype=thr.dtype, device=x.device)
+            model = _norse_recurrent_twin(tp, dt, adaptive=bool(case.n_alif))
+            weights = {"w_in": cell.input_weights, "w_rec": cell.recurrent_weights}
+            return _run_twin(x, r, weights, model, zero_rec_diagonal=True)
+
         note = f"{kind}; Euler steps, spike from the updated voltage, reset to zero, input weights per step"
+        twin_name = "a torch twin of Norse's own equations"
 
     def step() -> torch.Tensor:
         for q in params:
@@ -357,9 +589,11 @@ def _norse(case: Case, seed: int, x: torch.Tensor, r: torch.Tensor) -> _Workload
         return z.detach()
 
     def grads() -> dict[str, torch.Tensor]:
+        if case.recurrent:
+            return {"w_in": params[0].grad.T, "w_rec": params[1].grad.T}
         return {"w_in": params[0].grad.T}
 
-    return _Workload(step, grads, note + ": not our model, gradient not compared")
+    return _Workload(step, grads, note + ": not our model", twin=twin, twin_name=twin_name)
 
 
 def _spikingjelly(case: Case, seed: int, x: torch.Tensor, r: torch.Tensor) -> _Workload | None:
@@ -377,6 +611,9 @@ def _spikingjelly(case: Case, seed: int, x: torch.Tensor, r: torch.Tensor) -> _W
     node = neuron.LIFNode(tau=1.0 / (1.0 - alpha), v_threshold=THRESHOLD, v_reset=None, step_mode="m")
     fc.to(x.device)
     node.to(x.device)
+    sg = node.surrogate_function
+    if type(sg).__name__ != "Sigmoid" or float(sg.alpha) != 4.0 or node.detach_reset or not node.decay_input:
+        raise RuntimeError(f"SpikingJelly's LIFNode defaults changed ({node!r}); update the twin")
 
     def step() -> torch.Tensor:
         fc.zero_grad(set_to_none=True)
@@ -388,11 +625,15 @@ def _spikingjelly(case: Case, seed: int, x: torch.Tensor, r: torch.Tensor) -> _W
     def grads() -> dict[str, torch.Tensor]:
         return {"w_in": fc.weight.grad.T}
 
+    def twin(threshold: float = THRESHOLD) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return _run_twin(x, r, {"w_in": fc.weight}, _spikingjelly_twin(node.tau, threshold))
+
     note = (
-        "multi-step LIFNode, default backend (fused CPU op); same decay and input scale, soft reset, but "
-        "spike from the charged voltage, Sigmoid surrogate: not our model, gradient not compared"
+        "multi-step LIFNode, default backend (on CPU SpikingJelly 2.0.0 runs its torch reference loop "
+        "under autograd; its compiled kernels are CUDA only); same decay and input scale, soft reset, but "
+        "spike from the charged voltage, Sigmoid surrogate: not our model"
     )
-    return _Workload(step, grads, note)
+    return _Workload(step, grads, note, twin=twin, twin_name="a torch twin of SpikingJelly's own equations")
 
 
 def _build(case: Case, framework: str, seed: int, x: torch.Tensor, r: torch.Tensor) -> _Workload | None:
@@ -463,6 +704,28 @@ def _memory_subprocess(case: Case, framework: str, seed: int, timeout: float = 6
 
 
 # -- measurement ----------------------------------------------------------------------------------------
+def gradient_check(
+    z: torch.Tensor,
+    grads: dict[str, torch.Tensor],
+    z_ref: torch.Tensor,
+    grads_ref: dict[str, torch.Tensor],
+) -> tuple[float, bool, str]:
+    """``(grad_max_abs_err, grad_ok, detail)`` of a model's spikes and weight gradients against a
+    reference's: ``grad_max_abs_err`` the largest absolute difference over all weight gradients,
+    ``grad_ok`` when it is at most ``GRAD_TOLERANCE`` times the reference's largest gradient entry and
+    no spike differs; ``detail`` e.g. ``"0 entries; largest gradient entry 0.705"``."""
+    if z.shape != z_ref.shape or grads.keys() != grads_ref.keys():
+        raise ValueError(
+            f"gradient check: spikes {tuple(z.shape)} vs {tuple(z_ref.shape)}, gradients "
+            f"{sorted(grads)} vs {sorted(grads_ref)}: the model and its reference do not match"
+        )
+    err = max(float((grads[k] - grads_ref[k]).abs().max()) for k in grads_ref)
+    scale_ref = max(float(grads_ref[k].abs().max()) for k in grads_ref)
+    flips = int((z != z_ref).sum())
+    ok = err <= GRAD_TOLERANCE * max(scale_ref, 1e-30) and flips == 0
+    return err, ok, f"{flips} entries; largest gradient entry {scale_ref:.3g}"
+
+
 def _record(case: Case, framework: str, device: str = "cpu", **fields) -> dict:
     rec = {
         "case": case.name,
@@ -493,8 +756,9 @@ def measure(
     On ``device="cuda"`` times are taken after ``torch.cuda.synchronize()`` and the peak memory is the
     growth of ``torch.cuda.max_memory_allocated`` during one run, measured in this process.
 
-    Order: build (same weights as the reference), gradient check against ``eager`` (where the models
-    agree), ``warmup`` untimed runs, ``repeats`` timed runs; then, with ``memory``, the peak-memory
+    Order: build (same weights as the reference), gradient check (against ``eager`` for ``neuromorph``
+    and ``eager``, against the peer's reference twin for a peer; :func:`gradient_check`), ``warmup``
+    untimed runs, ``repeats`` timed runs; then, with ``memory``, the peak-memory
     subprocess. Extra fields: ``spike_rate`` (mean spikes per neuron and step), ``grad_ok``, ``times_ms``,
     ``repeats``, ``threads``, ``torch``, ``load_avg_1m_before`` (other load on the machine) and the
     sizes. A peer that is not importable gives a record with a ``note`` and no numbers."""
@@ -525,7 +789,7 @@ def measure(
             case,
             framework,
             device,
-            note="skipped: SpikingJelly's fused multi-step LIF has no recurrent form (its recurrent "
+            note="skipped: SpikingJelly's multi-step LIF op has no recurrent form (its recurrent "
             "containers are a Python step loop); not measured",
             **sizes,
         )
@@ -535,12 +799,17 @@ def measure(
     if work.comparable:
         ref = work if framework == "eager" else _neuromorph(case, seed, x, r, "reference")
         z_ref = z if framework == "eager" else ref.step()
-        g, g_ref = work.grads(), ref.grads()
-        err = max(float((g[k] - g_ref[k]).abs().max()) for k in g_ref)
-        scale_ref = max(float(g_ref[k].abs().max()) for k in g_ref)
-        flips = int((z != z_ref).sum())
-        ok = err <= GRAD_TOLERANCE * max(scale_ref, 1e-30) and flips == 0
-        work.note += f"; spikes differ from eager in {flips} entries; largest gradient entry {scale_ref:.3g}"
+        err, ok, detail = gradient_check(z, work.grads(), z_ref, ref.grads())
+        work.note += f"; spikes differ from eager in {detail}"
+    elif work.twin is not None:
+        z_ref, g_ref = work.twin()
+        err, ok, detail = gradient_check(z, work.grads(), z_ref, g_ref)
+        work.note += f"; gradient checked against {work.twin_name}: spikes differ in {detail}"
+    if ok is False:  # kept visible: in the record, its note, and on stderr now
+        print(
+            f"bench: {case.name}/{framework}: gradient check FAILED ({work.note.lstrip('; ')})",
+            file=sys.stderr,
+        )
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         work.step()
@@ -552,6 +821,8 @@ def measure(
         sync()
         times.append((time.perf_counter() - t0) * 1e3)
     note = f"spike rate {spike_rate:.2%}; " + work.note.lstrip("; ")
+    if ok is False:
+        note = "GRADIENT CHECK FAILED; " + note
     peak = None
     if memory and dev.type == "cuda":
         sync()
