@@ -3,6 +3,7 @@
 
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from neuromorph.tasks.function_family import FunctionEpisodes
 TINY = [
     "--set", "n_lif=3", "--set", "n_alif=3", "--set", "n_examples=4", "--set", "example_ms=3",
     "--set", "read_ms=1", "--set", "batch_size=4", "--set", "iterations=6", "--set", "test_batches=1",
-    "--set", "checkpoint_every=2", "--set", "n_hidden=3",
+    "--set", "checkpoint_every=2", "--set", "n_hidden=3", "--set", "gap_ms=2",
 ]  # fmt: skip
 
 
@@ -60,6 +61,27 @@ def test_gap_of_silence_after_each_example():
     assert torch.equal(inp[5:7], torch.tensor([[-1.0, 2.0, 1.0]] * 2)) and (inp[7:] == 0).all()
     out = torch.arange(10.0)[:, None]
     assert rec.predictions(out, cfg)[:, 0].tolist() == [1.0, 6.0]  # read inside the input window
+
+
+def test_population_code_by_hand():
+    cfg = rec.Config(
+        n_inputs=1, n_examples=2, example_ms=1, read_ms=1, code="population", n_pop=3, y_range=2.0,
+        input_scale=0.5,
+    )  # fmt: skip
+    ep = FunctionEpisodes(x=torch.tensor([[[0.0]], [[1.0]]]), y=torch.tensor([[2.0], [-1.0]]))
+    inp = rec.encode(ep, cfg)[:, 0]
+    assert inp.shape == (2, rec.n_channels(cfg)) == (2, 3 + 3 + 1)
+    g = math.exp(-0.5)  # one width (the spacing of the centres) away from a centre
+    e2 = math.exp(-2.0)  # two widths away
+    want = 0.5 * torch.tensor(
+        [
+            [g, 1.0, g, 0.0, 0.0, 0.0, 1.0],  # x = 0 on centres -1, 0, 1; no label yet; constant
+            [e2, g, 1.0, e2, g, 1.0, 1.0],  # x = 1; previous target y_1 = 2 on centres -2, 0, 2
+        ]
+    )
+    assert torch.allclose(inp, want)
+    net = rec.RegressionLSNN(cfg, "lsnn", torch.Generator().manual_seed(0))
+    assert net.rsnn.n_in == rec.n_channels(cfg)
 
 
 def _check_outputs(out: Path) -> None:
@@ -190,6 +212,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
         (["--set", "tau_mem=-1"], "tau_mem"),
         (["--set", "lr_decay=1.5"], "lr_decay"),
         (["--set", "impl=fast"], "impl"),
+        (["--set", "code=spikes"], "code must be one of"),
+        (["--set", "n_pop=1"], "n_pop must be >= 2"),
     ],
 )
 def test_bad_input_is_a_clear_error(args, needle, capsys, tmp_path, monkeypatch):

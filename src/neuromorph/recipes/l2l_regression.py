@@ -9,7 +9,8 @@ network sees examples ``k = 1, 2, ...`` of one new function, each for ``example_
 
     input_k = input_scale * [x_k, y_{k-1}, 1]       (y_0 = 0; the constant channel acts as a bias)
 
-and predicts ``y_k = f(x_k)``: the prediction is the leaky readout averaged over the last
+(``code="population"`` instead gives each value as Gaussian tuning curves, see :func:`encode`) and
+predicts ``y_k = f(x_k)``: the prediction is the leaky readout averaged over the last
 ``read_ms`` ms of the example's window (the spikes reach the readout multiplied by ``readout_scale``).
 Outer loss (meta-training): mean over examples and functions of ``(pred_k - y_k)^2`` plus the
 firing-rate regulariser (Adam, BPTT through the whole episode). Every episode starts from the zero
@@ -23,6 +24,9 @@ example, seen with no label). The same protocol with a LIF-only network of the s
 with the shots and ends below the LIF-only network's. ``mean_predictor_mse_by_shots`` is a reference
 learner that predicts the mean of the targets seen so far (it learns only the offset of a function).
 Sizes, time constants and episode lengths of the paper are unverified; the defaults are ours.
+``--quick`` separates the examples by 30 ms of silence: what the network has learned of a function must
+then be held across gaps longer than the membrane time constant, in the ALIF thresholds (tau_a 500 ms)
+or in recurrent activity: the reason adaptive neurons should help (docs/l2l.md has the measured result).
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ NAME = "l2l-regression"
 PAPER = "Bellec et al. 2018, Long short-term memory and learning-to-learn in networks of spiking neurons"
 SUMMARY = "LSNN meta-trained over random 2-layer target networks learns a new function from few examples"
 VARIANTS = ("lsnn", "lif")
+CODES = ("current", "population")
 TEST_ROLE = 100  # data role of the meta-test functions: the same functions for every variant
 
 
@@ -63,7 +68,7 @@ TEST_ROLE = 100  # data role of the meta-test functions: the same functions for 
 class Config:
     """Defaults (paper scale, our choice where the paper is unverified): 100 LIF + 100 ALIF neurons,
     2-input target networks, 20 examples of 20 ms per episode. ``--quick``: 1-input target networks,
-    50 + 50 neurons, 1000 iterations."""
+    50 + 50 neurons, 20 examples of 10 ms each followed by 30 ms of silence, 1000 iterations."""
 
     seed: int = 0
     n_inputs: int = 2
@@ -76,6 +81,9 @@ class Config:
     gap_ms: int = 0  # silence after each example: the network must hold what it learned across it
     read_ms: int = 5
     input_scale: float = 0.05
+    code: str = "current"  # "current": x, y as scalar currents; "population": Gaussian tuning curves
+    n_pop: int = 10  # population code: channels per scalar (x_i and y)
+    y_range: float = 3.0  # population code: y channels centred on [-y_range, y_range]
     readout_scale: float = 1.0
     n_lif: int = 100
     n_alif: int = 100
@@ -110,6 +118,10 @@ class Config:
             raise ValueError(
                 f"n_examples must be >= 2 (shots need a labelled example), got {self.n_examples}"
             )
+        if self.code not in CODES:
+            raise ValueError(f"code must be one of {CODES}, got {self.code!r}")
+        if self.n_pop < 2:
+            raise ValueError(f"n_pop must be >= 2 (tuning curves need two centres), got {self.n_pop}")
         if self.gap_ms < 0:
             raise ValueError(f"gap_ms must be >= 0, got {self.gap_ms}")
         if self.read_ms > self.example_ms:
@@ -121,6 +133,7 @@ class Config:
             "out_scale",
             "input_scale",
             "readout_scale",
+            "y_range",
             "lr",
             "tau_adapt",
             "tau_mem",
@@ -140,14 +153,20 @@ class Config:
 
 
 def quick(cfg: Config) -> Config:
-    """CPU-minutes version: 1-input target networks, 50 LIF + 50 ALIF, batch 64, 1000 iterations."""
+    """CPU-minutes version: 1-input target networks, 50 LIF + 50 ALIF, batch 64, 1000 iterations at
+    Adam 1e-2; each example shown for 10 ms and followed by 30 ms of silence, so that what the network
+    learned of the function must outlast the membrane time constant (20 ms) between examples."""
     return replace(
         cfg,
         n_inputs=1,
         n_lif=50,
         n_alif=50,
+        example_ms=10,
+        read_ms=8,
+        gap_ms=30,
         batch_size=64,
         iterations=1000,
+        lr=1e-2,
         lr_decay_every=400,
         test_batches=8,
     )
@@ -169,7 +188,7 @@ class RegressionLSNN(nn.Module):
         super().__init__()
         n_lif, n_alif = (cfg.n_lif, cfg.n_alif) if variant == "lsnn" else (cfg.n_lif + cfg.n_alif, 0)
         self.rsnn = RecurrentSpikingLayer(
-            cfg.n_inputs + 2,
+            n_channels(cfg),
             n_lif,
             n_alif,
             tau_mem=cfg.tau_mem,
@@ -191,13 +210,37 @@ class RegressionLSNN(nn.Module):
         return out[..., 0], z
 
 
+def n_channels(cfg: Config) -> int:
+    """Input channels of the network: ``n_inputs + 2`` scalar currents, or ``n_pop`` tuning curves per
+    input, ``n_pop`` for the previous target and the constant channel (population code)."""
+    return cfg.n_inputs + 2 if cfg.code == "current" else (cfg.n_inputs + 1) * cfg.n_pop + 1
+
+
+def population(v: torch.Tensor, lo: float, hi: float, n: int) -> torch.Tensor:
+    """Gaussian tuning curves ``exp(-(v - c_i)^2 / (2 s^2))``, ``n`` centres ``c_i`` evenly in
+    ``[lo, hi]``, width ``s`` = the spacing of the centres: ``[...] -> [..., n]`` in ``(0, 1]``."""
+    centres = torch.linspace(lo, hi, n, dtype=v.dtype, device=v.device)
+    width = (hi - lo) / (n - 1)
+    return torch.exp(-((v[..., None] - centres) ** 2) / (2 * width**2))
+
+
 def encode(episodes: FunctionEpisodes, cfg: Config) -> torch.Tensor:
-    """Input currents ``[K * (example_ms + gap_ms), B, n_inputs + 2]``: ``[x_k, y_{k-1}, 1]`` held for
-    ``example_ms`` ms, then ``gap_ms`` ms of no input."""
+    """Input currents ``[K * (example_ms + gap_ms), B, n_channels(cfg)]``: ``[x_k, y_{k-1}, 1]`` held
+    for ``example_ms`` ms, then ``gap_ms`` ms of no input; all scaled by ``input_scale``.
+
+    ``code="current"``: the values themselves (``y_0 = 0``). ``code="population"``: each ``x_k,i`` as
+    ``n_pop`` Gaussian tuning curves on ``[-1, 1]``, ``y_{k-1}`` as ``n_pop`` on
+    ``[-y_range, y_range]`` (all zero for the first example: no label yet), then the constant."""
     x, y = episodes.x, episodes.y
     prev = torch.cat([torch.zeros_like(y[:1]), y[:-1]], 0)
-    per_example = torch.cat([x, prev[..., None], torch.ones_like(prev)[..., None]], -1) * cfg.input_scale
-    held = per_example[:, None].expand(-1, cfg.example_ms, -1, -1)
+    one = torch.ones_like(prev)[..., None]
+    if cfg.code == "current":
+        per_example = torch.cat([x, prev[..., None], one], -1)
+    else:
+        label = population(prev, -cfg.y_range, cfg.y_range, cfg.n_pop)
+        label[0] = 0.0  # no label before the first example (a population cannot say "none" otherwise)
+        per_example = torch.cat([population(x, -1.0, 1.0, cfg.n_pop).flatten(-2), label, one], -1)
+    held = (per_example * cfg.input_scale)[:, None].expand(-1, cfg.example_ms, -1, -1)
     silence = per_example.new_zeros(per_example.shape[0], cfg.gap_ms, *per_example.shape[1:])
     return torch.cat([held, silence], 1).flatten(0, 1)
 
