@@ -73,13 +73,17 @@ def test_tiny_run_writes_every_model_table_and_report(tmp_path):
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     args = ["--set", "checkpoint_every=1", "--set", "data.train_size=256", "--seed", "3"]
+    # both runs in a subprocess with one thread: the float reductions (and so the logged losses) of the
+    # uninterrupted run must not depend on the test process's thread count
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "neuromorph.cli", "run", "robust-conversion", "--quick", "--no-progress",
+            *TINY, *args]  # fmt: skip
     ref = tmp_path / "ref"
-    assert _run([*args, "--out", str(ref)]) == 0
+    done = subprocess.run([*base, "--out", str(ref)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "neuromorph.cli", "run", "robust-conversion", "--quick", "--no-progress",
-           *TINY, *args, "--out", str(killed)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [*base, "--out", str(killed)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     ckpt = killed / "checkpoint.json"
     deadline = time.time() + 180
@@ -97,7 +101,11 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "results.json").exists()
-    assert main(["run", "--resume", str(killed), "--no-progress"]) == 0
+    resumed = subprocess.run(
+        [sys.executable, "-m", "neuromorph.cli", "run", "--resume", str(killed), "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
     r1 = json.loads((ref / "results.json").read_text())
     r2 = json.loads((killed / "results.json").read_text())
     assert _model_numbers(r1) == _model_numbers(r2)
