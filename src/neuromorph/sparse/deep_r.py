@@ -323,7 +323,6 @@ class DeepR:
         self._grad_np: np.ndarray | None = None
         self._buf: np.ndarray | None = None
         self._split_w = np.array(self.budgets, dtype=np.float64)  # the global split's weights
-        self._split_p = self._split_w / max(self._split_w.sum(), 1.0)
         dtype = first.dtype
         self.theta = torch.nn.Parameter(torch.from_numpy(np.concatenate(thetas)).to(first.device, dtype))
         self._theta_np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
@@ -398,7 +397,7 @@ class DeepR:
         self._c_died = np.empty(self.budget_total, dtype=np.int64)
         self._c_perm = np.empty(self.budget_total, dtype=np.int64)
         self._c_tables = rnd.ziggurat_tables()
-        self._c_key = None
+        self._c_static = None
         return True
 
     def _sgd_fusable(self) -> bool:
@@ -425,35 +424,21 @@ class DeepR:
         return _torch_add_fma(self.theta.dtype) is not None
 
     def _c_addresses(self) -> tuple:
-        """Addresses of the arrays the C step reads (cached while no array is replaced)."""
-        # the arrays themselves (not ids: a freed array's id can be reused); index, sign and the tables
-        # are replaced only by load_state_tensors (which clears _c_key), the others change in place
-        key = (self.index, self.sign, *self._active, *self._sign_tables)
-        old = self._c_key
-        if old is None or len(old) != len(key) or any(a is not b for a, b in zip(old, key, strict=True)):
+        """Addresses of the arrays the C step reads, built once: every array changes in place, except
+        that load_state_tensors replaces index, sign and the sign tables (and clears this cache)."""
+        if self._c_static is None:
             addr = lambda arrays: np.array([0 if a is None else a.ctypes.data for a in arrays], np.int64)  # noqa: E731
             self._c_active = addr(self._active)
             self._c_allowed = addr(self._allowed)
             self._c_signs = addr(self._sign_tables)
-            kn, wn, fn = self._c_tables
-            self._c_static = (
-                self._c_counts.ctypes.data,
-                self._c_grads.ctypes.data,
-                self._c_weights.ctypes.data,
-                self.index.ctypes.data,
-                self.sign.ctypes.data,
-                self._c_died.ctypes.data,
-                self._c_perm.ctypes.data,
-                self._c_active.ctypes.data,
-                self._c_allowed.ctypes.data,
-                self._c_n_allowed.ctypes.data,
-                self._c_signs.ctypes.data,
-                self._split_w.ctypes.data,
-                kn.ctypes.data,
-                wn.ctypes.data,
-                fn.ctypes.data,
-            )
-            self._c_key = key
+            self._c_static = tuple(
+                a.ctypes.data
+                for a in (
+                    self._c_counts, self._c_grads, self._c_weights, self.index, self.sign, self._c_died,
+                    self._c_perm, self._c_active, self._c_allowed, self._c_n_allowed, self._c_signs,
+                    self._split_w, *self._c_tables,
+                )
+            )  # fmt: skip
         return self._c_static
 
     @torch.no_grad()
@@ -461,8 +446,8 @@ class DeepR:
         """Optimizer step on theta (gradient read from the weights' ``.grad``, which is then cleared),
         L1 and noise (2), deaths and uniform reconnections to exactly K, weights written in place.
 
-        On CPU the step allocates nothing of size K: theta's gradient, the noise and the weights
-        s * theta are written into buffers kept across steps (the optimizer only reads the gradient)."""
+        The native step allocates nothing of size K (theta's gradient and the weights go into buffers
+        kept across steps); the numpy step draws the noise into a new array."""
         if self._native:
             self._native_step()
             return
@@ -520,7 +505,7 @@ class DeepR:
         SGD update fused when :meth:`_sgd_fusable`), rewire. Python here only passes addresses."""
         theta = self.theta
         (counts, grads, weights, index, sign, died, perm, active, allowed, n_allowed, signs, split_w,
-         kn, wn, fn) = self._c_static if self._c_key is not None else self._c_addresses()  # fmt: skip
+         kn, wn, fn) = self._c_addresses()  # fmt: skip
         keep = []  # .grad is cleared below: this keeps the gradients' memory alive for C
         for i, t in enumerate(self.targets):
             g = t.param.grad
@@ -767,7 +752,7 @@ class DeepR:
         ).astype(self._theta_np_dtype)
         if self._native:
             self._c_counts[:] = self._counts
-            self._c_key = None  # new index, sign and sign-table arrays
+            self._c_static = None  # new index, sign and sign-table arrays
         self._write(_host(self.theta))
 
     def __repr__(self) -> str:
