@@ -7,7 +7,9 @@
    against the official one-patch-at-a-time loop (``restore_patch_loop``); timed interleaved
    (loop, batched, loop, batched, ...; median) so that other load on the machine hits both alike, and
    the outputs compared (max abs difference). Cases: the run's network on a 128 x 128 held-out image
-   at the run's stride; with ``--paper-size`` also a WeatherDiff64-size UNet (random weights, 1 step).
+   at the run's stride; with ``--paper-size`` also a WeatherDiff64-size UNet (random weights;
+   ``--paper-stride``, ``--paper-steps``). ``--device cuda`` runs everything on the GPU (times taken
+   after synchronising).
 2. Quality: PSNR_Y of DPM-Solver++ with 10 steps against DDIM with 25 steps on the run's held-out test
    set, same network, stride and initial noise (x_T of image i from ``(eval_seed, i)``, as the recipe
    draws it, so the DDIM figure equals the run's ``psnr_restored``).
@@ -34,7 +36,7 @@ import torch
 from neuromorph.bench import machine_info, machine_slug
 from neuromorph.data.weather import add_weather, natural_images
 from neuromorph.diffusion.metrics import psnr_y, ssim_y
-from neuromorph.diffusion.model import PAPER_64, activation_bytes_per_patch, build_model
+from neuromorph.diffusion.model import PAPER_64, activation_bytes_per_patch, autocast_for, build_model
 from neuromorph.diffusion.restore_cli import load_restoration_model
 from neuromorph.diffusion.sampler import patch_grid, patches_per_batch, restore, restore_patch_loop
 from neuromorph.diffusion.train import from_model_range, to_model_range
@@ -43,16 +45,27 @@ from neuromorph.recipes._common import seeded_generator
 from neuromorph.runs import atomic_write_json
 
 
-def _eps_fn(net):
+def _eps_fn(net, amp: bool = False):
     @torch.no_grad()
     def eps_fn(c, x, t):
-        return net(c, x, t)
+        with autocast_for(c.device, amp):
+            return net(c, x, t).float()
 
     return eps_fn
 
 
-def speed_case(name, net, patch, cond, stride, steps, repeats, memory_mb, sampler="ddim") -> dict:
-    eps_fn = _eps_fn(net)
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a wall-clock time covers it (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def speed_case(name, net, patch, cond, stride, steps, repeats, memory_mb, sampler="ddim", amp=False) -> dict:
+    eps_fn = _eps_fn(net, amp)
+    # One untimed restoration of each kind first: CUDA/cuDNN pick their kernels on the first calls.
+    warm_kw = dict(patch=patch, stride=stride, steps=1, sampler=sampler)
+    restore_patch_loop(eps_fn, cond, generator=torch.Generator().manual_seed(61), **warm_kw)
+    restore(eps_fn, cond, generator=torch.Generator().manual_seed(61), batch_patches=8, **warm_kw)
     batch = patches_per_batch(activation_bytes_per_patch(net.cfg), memory_mb * 2**20)
     kw = dict(patch=patch, stride=stride, steps=steps, sampler=sampler)
     times = {"loop": [], "batched": []}
@@ -60,23 +73,27 @@ def speed_case(name, net, patch, cond, stride, steps, repeats, memory_mb, sample
     for _ in range(repeats):
         for kind in ("loop", "batched"):
             gen = torch.Generator().manual_seed(61)
+            _sync(cond.device)
             t0 = time.perf_counter()
             if kind == "loop":
                 out = restore_patch_loop(eps_fn, cond, generator=gen, **kw)
             else:
                 out = restore(eps_fn, cond, generator=gen, batch_patches=batch, **kw)
+            _sync(cond.device)
             times[kind].append(time.perf_counter() - t0)
             outs[kind] = out
     h, w = cond.shape[-2:]
     loop_s, batched_s = statistics.median(times["loop"]), statistics.median(times["batched"])
     record = {
         "case": name,
+        "device": str(cond.device),
         "image": [h, w],
         "patch": patch,
         "stride": stride,
         "patches": patch_grid(max(h, patch), max(w, patch), patch, stride).count,
         "steps": steps,
         "sampler": sampler,
+        "amp_bf16": amp,
         "batch_patches": batch,
         "parameters": sum(p.numel() for p in net.parameters()),
         "loop_s": loop_s,
@@ -97,7 +114,7 @@ def speed_case(name, net, patch, cond, stride, steps, repeats, memory_mb, sample
     return record
 
 
-def quality(net, cfg, stride: int, memory_mb: int) -> dict:
+def quality(net, cfg, stride: int, memory_mb: int, device: torch.device) -> dict:
     test = weather._test_set(cfg)
     eps_fn = _eps_fn(net)
     batch = patches_per_batch(activation_bytes_per_patch(cfg.model), memory_mb * 2**20)
@@ -106,7 +123,7 @@ def quality(net, cfg, stride: int, memory_mb: int) -> dict:
         psnrs, ssims = [], []
         t0 = time.perf_counter()
         for i, (_, clean, degraded) in enumerate(test):
-            cond = to_model_range(degraded[None])
+            cond = to_model_range(degraded[None]).to(device)
             gen = [seeded_generator(cfg.eval_seed, i)]
             out = from_model_range(
                 restore(
@@ -118,7 +135,7 @@ def quality(net, cfg, stride: int, memory_mb: int) -> dict:
                     sampler=sampler,
                     generator=gen,
                     batch_patches=batch,
-                )  # fmt: skip
+                ).cpu()
             )[0]
             psnrs.append(psnr_y(out, clean))
             ssims.append(ssim_y(out, clean))
@@ -153,13 +170,28 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per sampler (interleaved; median)")
     ap.add_argument("--steps", type=int, default=25, help="sampler steps of the speed case")
     ap.add_argument("--size", type=int, default=128, help="side of the square test image of the speed case")
-    ap.add_argument("--paper-size", action="store_true", help="also time a WeatherDiff64-size UNet (1 step)")
+    ap.add_argument("--paper-size", action="store_true", help="also time a WeatherDiff64-size UNet")
+    ap.add_argument("--paper-stride", type=int, default=32, help="its stride (paper: 16)")
+    ap.add_argument("--paper-steps", type=int, default=1, help="its sampler steps")
+    ap.add_argument("--amp", action="store_true", help="CUDA: also time the --paper-size case in bfloat16")
     ap.add_argument("--memory-mb", type=int, default=512, help="activation budget per network call")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda: times include synchronisation)")
     ap.add_argument("--json", default=None, help="default benchmarks/results/diffusion-<machine>.json")
     args = ap.parse_args(argv)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        ap.error(f"--device: {args.device!r} is not a torch device ({exc}); use cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        ap.error(f"--device: {args.device!r} asked for, but torch sees no CUDA device")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        # float32 convolutions in full precision: with TF32 (cuDNN's default) the batched and the one-patch
+        # sampler would use different algorithms and differ by ~1e-3, hiding what the comparison checks.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     info = machine_info()
     print(
         f"machine {info['machine']} ({info['cpu']}, {info['cores']} cores), {info['threads']} threads",
@@ -179,16 +211,23 @@ def main(argv=None) -> int:
     top = (img.shape[0] - args.size) // 2
     clean = img[top : top + args.size, top : top + args.size]
     degraded = add_weather(np.ascontiguousarray(clean), "rain", seed=0)
-    cond = to_model_range(degraded[None])
+    net = net.to(device)
+    cond = to_model_range(degraded[None]).to(device)
     records = [speed_case("run-network", net, cfg.model.patch, cond, cfg.stride, args.steps, args.repeats,
                           args.memory_mb)]  # fmt: skip
     if args.paper_size:
-        big = build_model(PAPER_64, 0).eval()
-        records.append(speed_case("weatherdiff64-size", big, 64, cond, 32, 1, max(1, args.repeats - 1),
-                                  args.memory_mb))  # fmt: skip
+        big = build_model(PAPER_64, 0).eval().to(device)
+        records.append(speed_case("weatherdiff64-size", big, 64, cond, args.paper_stride, args.paper_steps,
+                                  max(1, args.repeats - 1), args.memory_mb))  # fmt: skip
+        if args.amp and device.type == "cuda":
+            records.append(speed_case("weatherdiff64-size-bf16", big, 64, cond, args.paper_stride,
+                                      args.paper_steps, max(1, args.repeats - 1), args.memory_mb,
+                                      amp=True))  # fmt: skip
+    if device.type == "cuda":
+        info = {**info, "gpu": torch.cuda.get_device_name(device), "torch": torch.__version__, "tf32": False}
     result = {"machine": info, "network": source, "speed": records}
     if args.checkpoint:
-        result["quality"] = quality(net, cfg, cfg.stride, args.memory_mb)
+        result["quality"] = quality(net, cfg, cfg.stride, args.memory_mb, device)
     path = Path(args.json) if args.json else Path("benchmarks/results") / f"diffusion-{machine_slug()}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, result)

@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# One GPU session of issue 3 (run by the `device` tool from the repository root; ~6 min on an H100):
+# One GPU session (run by the `device` tool from the repository root; ~8 min on an H100/H200):
+#   0. issue 9, when WEATHER_RUN names a finished `neuromorph run weather` directory carried with the tree:
+#      `benchmarks/diffusion.py --device cuda` (batched vs one-patch sampler, DPM-Solver++ 10 vs DDIM 25);
+#      the session stops here if it fails;
 #   1. the Triton kernels compiled for the GPU against the reference and the fused path (the CPU tests
 #      run them under Triton's interpreter only);
 #   2. `neuromorph bench --device cuda` on cases a, b, c (neuromorph = Triton paths, eager, and the peers
@@ -10,12 +13,16 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null || true
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 export TRITON_INTERPRET=0
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
-python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
-python - <<'PY' 2>&1 | tee "$OUT/triton_equality.txt"
+if [ -n "${WEATHER_RUN:-}" ]; then
+  timeout 240 python3 benchmarks/diffusion.py --device cuda --checkpoint "$WEATHER_RUN" --repeats 3 --paper-size \
+    --paper-stride 16 --paper-steps 5 --memory-mb 4096 --json "$OUT/diffusion-cuda.json" 2>&1 | tee "$OUT/diffusion.txt" || exit 1
+fi
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+python3 - <<'PY' 2>&1 | tee "$OUT/triton_equality.txt"
 import torch
 from neuromorph.kernels.lif_sequence import lif_sequence
 from neuromorph.kernels.alif_sequence import alif_sequence
@@ -49,5 +56,5 @@ for impl in ("fused", "triton"):
     print("alif", impl, "spike flips", int((res[impl][0] != res["reference"][0]).sum()), "of", int(res["reference"][0].sum()),
           "grad diffs", [float((a - b).abs().max()) for a, b in zip(res[impl][1:], res["reference"][1:])])
 PY
-timeout 300 python -m neuromorph.cli bench --device cuda --case a b c --repeats 10 --warmup 3 --json "$OUT/bench-cuda.json" 2>&1 | tail -20 | tee "$OUT/bench.txt"
-timeout 200 python benchmarks/long_sequence.py --device cuda --configs eager fused fused+ckpt auto --json "$OUT/long-sequence-cuda.json" 2>&1 | tail -6
+timeout 200 python3 -m neuromorph.cli bench --device cuda --case a b c --repeats 10 --warmup 3 --json "$OUT/bench-cuda.json" 2>&1 | tail -20 | tee "$OUT/bench.txt"
+timeout 100 python3 benchmarks/long_sequence.py --device cuda --configs eager fused fused+ckpt auto --json "$OUT/long-sequence-cuda.json" 2>&1 | tail -6
