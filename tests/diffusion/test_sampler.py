@@ -10,9 +10,11 @@ from hypothesis import strategies as st
 
 from neuromorph.diffusion.model import TINY, UNetConfig, build_model
 from neuromorph.diffusion.sampler import (
+    blend_window,
     gather_patches,
     grid_positions,
     overlap_count,
+    overlap_weight,
     pad_to_patch,
     patch_corners,
     patch_grid,
@@ -97,6 +99,58 @@ def test_a_constant_estimate_stays_constant_after_averaging():
     assert torch.allclose(smoothed_eps(eps_fn, x, x, 0, grid), torch.full_like(x, 0.25))
 
 
+def test_hann_window_by_hand():
+    w = blend_window(4, "hann")
+    # 1e-3 + sin^2(pi (i + 1/2) / 4): sin^2(pi/8) = 0.1464466, sin^2(3 pi/8) = 0.8535534
+    assert torch.allclose(w, torch.tensor([0.1474466, 0.8545534, 0.8545534, 0.1474466]), atol=1e-6)
+    assert blend_window(4, "uniform") is None
+
+
+def test_hann_blend_is_the_window_weighted_mean_of_the_patch_estimates():
+    # eps_hat = sum_d P_d^T (w * eps_d) / sum_d P_d^T w, written out with explicit windows
+    p, r = 6, 2
+    grid = patch_grid(11, 8, p, r)
+    g = torch.Generator().manual_seed(5)
+    x, cond = torch.randn(1, 2, 11, 8, generator=g), torch.randn(1, 2, 11, 8, generator=g)
+
+    def eps_fn(c, xt, t):  # a different, position-dependent estimate per patch
+        return torch.sin(3 * c) + 0.1 * xt * xt.mean(dim=(1, 2, 3), keepdim=True)
+
+    got = smoothed_eps(eps_fn, cond, x, 7, grid, batch_patches=3, blend="hann")
+    w1 = blend_window(p, "hann")
+    win = w1[:, None] * w1[None, :]
+    num, den = torch.zeros_like(x), torch.zeros(11, 8)
+    for top in grid.tops:
+        for left in grid.lefts:
+            sl = (..., slice(top, top + p), slice(left, left + p))
+            num[sl] += win * eps_fn(cond[sl], x[sl], 7)
+            den[sl] += win
+    assert torch.allclose(overlap_weight(grid, "hann"), den, atol=1e-6)
+    assert torch.allclose(got, num / den, atol=1e-6)
+    # the window changes the result where patches overlap (it is not the plain mean)
+    assert not torch.allclose(got, smoothed_eps(eps_fn, cond, x, 7, grid, blend="uniform"), atol=1e-3)
+
+
+@pytest.mark.parametrize("shape, p, r", [((20, 9), 5, 2), ((16, 16), 16, 3), ((7, 30), 7, 1)])
+def test_hann_blend_keeps_a_constant_estimate_and_equals_uniform_without_overlap(shape, p, r):
+    x = torch.zeros(1, 3, *shape)
+    eps_fn, _ = _fixed_eps(torch.full((1, 3, p, p), -0.7))
+    assert torch.allclose(smoothed_eps(eps_fn, x, x, 0, patch_grid(*shape, p, r), blend="hann"),
+                          torch.full_like(x, -0.7), atol=1e-6)  # fmt: skip
+    # r = p on a p x p image: one patch, the window cancels: the standard sampler, as with uniform
+    model = build_model(TINY, seed=1).eval()
+
+    @torch.no_grad()
+    def net(c, xt, t):
+        return model(c, xt, t)
+
+    cond = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    kw = dict(patch=16, stride=16, steps=3)
+    a = restore(net, cond, generator=torch.Generator().manual_seed(3), blend="hann", **kw)
+    b = restore(net, cond, generator=torch.Generator().manual_seed(3), blend="uniform", **kw)
+    assert (a - b).abs().max() < 1e-5
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     h=st.integers(1, 70),
@@ -173,10 +227,11 @@ def test_the_largest_allowed_image_is_restored():
     assert len(calls) == -(-grid.count // 4096)
 
 
+@pytest.mark.parametrize("blend", ["uniform", "hann"])
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("sampler", ["ddim", "dpm"])
 @pytest.mark.parametrize("size, stride", [((16, 16), 16), ((29, 21), 5), ((9, 40), 16)])
-def test_batched_sampler_equals_one_patch_at_a_time_loop(sampler, size, stride, dtype, tol):
+def test_batched_sampler_equals_one_patch_at_a_time_loop(sampler, size, stride, dtype, tol, blend):
     # float64: the two algorithms agree far below the 1e-5 bar. float32 with an untrained network (large,
     # erratic eps; x0 = (x - sqrt(1 - abar) eps) / sqrt(abar) multiplies eps rounding by up to 160 at
     # t = 999) differs by ~1e-5 from batched vs single-patch convolutions; the trained model's float32
@@ -188,7 +243,7 @@ def test_batched_sampler_equals_one_patch_at_a_time_loop(sampler, size, stride, 
         return model(c, x, t)
 
     cond = (torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(4)) * 2 - 1).to(dtype)
-    kw = dict(patch=16, stride=stride, steps=4, sampler=sampler)
+    kw = dict(patch=16, stride=stride, steps=4, sampler=sampler, blend=blend)
     batched = restore(eps_fn, cond, generator=torch.Generator().manual_seed(9), batch_patches=64, **kw)
     looped = restore_patch_loop(eps_fn, cond, generator=torch.Generator().manual_seed(9), **kw)
     assert (batched - looped).abs().max() < tol
@@ -217,6 +272,7 @@ def test_deterministic_given_the_generator_and_different_noise_gives_other_outpu
         (dict(sampler="euler"), "sampler"),
         (dict(batch_patches=0), "batch_patches"),
         (dict(generator=None), "generator"),
+        (dict(blend="gauss"), "blend"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, needle):

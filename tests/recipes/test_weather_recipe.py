@@ -69,6 +69,14 @@ def test_quick_writes_results_panels_and_report(finished_run):
     assert results["test_images"] == 3 and results["iterations"] == 6
     assert 0 < results["psnr_input"] < 60 and -1 <= results["ssim_restored"] <= 1
     assert results["psnr_restored"] == results["psnr_by_stride"]["8"]
+    # --quick blends with the Hann window and also reports the paper's plain mean at the main stride;
+    # the seam scores are taken against restorations without patches as well (content cancels)
+    assert results["blend"] == "hann"
+    assert results["seam_reference"] == "whole-image restoration"
+    for key in ("seam_whole_by_stride", "seam_whole_control_by_stride", "seam_whole_excess_by_stride"):
+        assert set(results[key]) == {"16", "8"}, key
+    assert {"psnr", "seam_whole", "seam_whole_control"} <= set(results["uniform_blend"])
+    assert results["uniform_blend"]["psnr"] != results["psnr_restored"]
     for name in ("loss.png", "psnr_by_stride.png", "seam_score.png", "panels.png", "report.html",
                  "model_ema.safetensors"):  # fmt: skip
         assert (out / name).stat().st_size > 0, name
@@ -123,6 +131,7 @@ def test_stop_then_resume_equals_uninterrupted(tmp_path, monkeypatch, finished_r
         (["--set", "model.patch=17"], "patch"),
         (["--set", "data.kinds=hail"], "data.kinds"),
         (["--set", "sampler=euler"], "sampler"),
+        (["--set", "blend=gauss"], "blend"),
         (["--set", "data.dataset=snow100k"], "data.root"),
         (["--set", "data.dataset=snow100k", "--set", "data.root=/nonexistent"], "does not exist"),
         (["--set", "ema_decay=1.0"], "ema_decay"),

@@ -41,6 +41,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--stride", type=int, default=None, help="patch stride r <= p (default: the run's; p/4)")
     p.add_argument("--sampler", choices=("ddim", "dpm"), default=None, help="DDIM (default) or DPM-Solver++")
+    p.add_argument(
+        "--blend",
+        choices=("uniform", "hann"),
+        default=None,
+        help="how overlapping patch estimates are averaged: uniform (the paper's mean) or hann (windowed, "
+        "no seams at small strides); default: the run's",
+    )
     p.add_argument("--seed", type=int, default=61, help="seed of the initial noise (default 61, the paper's)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--memory-mb", type=int, default=None, help="activation memory per network call")
@@ -127,6 +134,7 @@ def _restore_one(net, cfg, pixels: np.ndarray, args, device, progress) -> np.nda
         generator=torch.Generator().manual_seed(args.seed),
         batch_patches=budget,
         progress=progress,
+        blend=args.blend,
     )
     return merge_alpha(from_model_range(out)[0], alpha, pixels.shape[2])
 
@@ -167,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
     args.steps = cfg.steps if args.steps is None else args.steps
     args.stride = cfg.stride if args.stride is None else args.stride
     args.sampler = cfg.sampler if args.sampler is None else args.sampler
+    args.blend = cfg.blend if args.blend is None else args.blend
     args.memory_mb = cfg.memory_mb if args.memory_mb is None else args.memory_mb
     if not 1 <= args.steps <= 1000:
         raise ValueError(f"--steps must be in [1, 1000], got {args.steps}")
