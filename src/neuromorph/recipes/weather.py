@@ -20,7 +20,10 @@ decay, snow and rain only, restoring 64 x 64 crops of the 4 held-out photographs
 
 Claims checked (``results.json``): restored PSNR_Y >= input + 2 dB; r < p at least as good as r = p;
 no grid seams for r < p: the seam score at the patch edges (edge / non-edge gradient, relative to the
-ground truth's) is no higher than the same score with the edges moved to any position between them.
+same ratio of a restoration of the whole image in one piece, where that fits, else of the ground truth)
+is no higher than the same score with the edges moved to any position between them. ``blend`` chooses
+the paper's plain mean of the patch estimates ("uniform", the default) or a Hann-windowed mean ("hann",
+used by ``--quick``; the plain mean is then also reported at ``stride``).
 """
 
 from __future__ import annotations
