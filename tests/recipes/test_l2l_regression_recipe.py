@@ -84,6 +84,21 @@ def test_population_code_by_hand():
     assert net.rsnn.n_in == rec.n_channels(cfg)
 
 
+def test_episodes_follow_the_config_family():
+    """The recipe draws its functions from function_family with the config's law (centred too) and the
+    (seed, role, iteration, rank) stream; the quick setting's gaps outlast the membrane time constant."""
+    from neuromorph.tasks.function_family import sample_episodes
+
+    cfg = rec.Config(n_inputs=1, n_examples=5, centred=True, out_scale=5.0, offset_scale=0.0, seed=7)
+    ep = rec._episodes(cfg, 3, 11, 0, 6, "cpu")
+    want = sample_episodes(
+        6, 5, np.random.default_rng([7, 3, 11, 0]), n_inputs=1, out_scale=5.0, offset_scale=0.0, centred=True
+    )
+    assert torch.equal(ep.x, want.x) and torch.equal(ep.y, want.y)
+    q = rec.quick(rec.Config())
+    assert q.gap_ms >= 4 * q.tau_mem and q.gap_ms * q.n_examples <= 3 * q.tau_adapt
+
+
 def _check_outputs(out: Path) -> None:
     """results.json keys, plots, report and metrics of a finished tiny run."""
     r = json.loads((out / "results.json").read_text())

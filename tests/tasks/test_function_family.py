@@ -80,3 +80,33 @@ def test_bad_rng_and_shapes():
         evaluate(nets, torch.zeros(3, 2, 1))
     with pytest.raises(ValueError, match="n_examples"):
         sample_episodes(2, 0, np.random.default_rng(0))
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), d=st.integers(1, 2), h=st.integers(1, 12))
+def test_centred_functions_have_the_drawn_offset_as_their_mean(seed, d, h):
+    """centred: same W1, b1, w2 as the plain draw; the mean of f over x ~ U[-1, 1]^d is the drawn offset c
+    (= the plain draw's b2), and the variation of f over x is unchanged."""
+    plain = sample_target_networks(8, np.random.default_rng(seed), n_inputs=d, n_hidden=h)
+    cent = sample_target_networks(8, np.random.default_rng(seed), n_inputs=d, n_hidden=h, centred=True)
+    for a, b in zip(plain[:3], cent[:3], strict=True):
+        assert torch.equal(a, b)
+    x = torch.rand(20000, 8, d, generator=torch.Generator().manual_seed(seed % 1000)) * 2 - 1
+    yp, yc = evaluate(plain, x), evaluate(cent, x)
+    assert torch.allclose(yc - yp, (cent.b2 - plain.b2).expand_as(yc), atol=1e-5)  # a shift only
+    sem = 4 * yc.std(0) / math.sqrt(x.shape[0]) + 2e-3  # Monte-Carlo error of the sample mean
+    assert ((yc.mean(0) - plain.b2).abs() <= sem).all()
+
+
+def test_centring_by_hand():
+    # f(x) = w2 sig(a x) + b2 on x ~ U[-1, 1]: E sig(a x) = 1/2 (sig(u) - 1/2 is odd), so centring
+    # subtracts w2 / 2; with w1 = 0 the hidden unit is the constant sig(b1)
+    from neuromorph.tasks.function_family import _mean_over_inputs
+
+    w1 = np.array([[[3.0]], [[0.0]]])
+    b1 = np.array([[0.0], [0.7]])
+    w2 = np.array([[2.0], [-1.5]])
+    got = _mean_over_inputs(w1, b1, w2)
+    assert got == pytest.approx([1.0, -1.5 / (1 + math.exp(-0.7))], abs=1e-9)
+    ep = sample_episodes(3, 5, np.random.default_rng(0), n_inputs=1, centred=True, offset_scale=0.0)
+    assert ep.y.shape == (5, 3) and torch.isfinite(ep.y).all()
