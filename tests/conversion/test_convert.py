@@ -15,6 +15,7 @@ from torch import nn
 from neuromorph.conversion import (
     AnalogTwin,
     ConvertedSNN,
+    GradientPath,
     IFNeurons,
     RateBackprop,
     ResidualBlock,
@@ -272,6 +273,43 @@ def test_gradient_paths_differ_and_bptr_follows_its_rule():
     w = torch.arange(8, dtype=F64).reshape(4, 1, 2)
     (out * w).sum().backward()
     torch.testing.assert_close(current.grad, w * torch.tensor([1.0, 0.0], dtype=F64))
+
+
+@pytest.mark.parametrize("reset", ["hard", "soft"])
+def test_inference_forward_is_bit_for_bit_the_autograd_forward(reset):
+    """Without autograd an IF population runs an in-place loop (evaluation speed); it must give the very
+    bits of the autograd path, for a full input and for the direct input repeated over time, and so must
+    BPTR's forward and a whole converted SNN."""
+    g = torch.Generator().manual_seed(6)
+    neurons = IFNeurons(0.7, reset=reset)
+    full = torch.randn(6, 3, 4, 5, generator=g) * 1.5
+    direct = torch.randn(1, 3, 4, 5, generator=g).expand(6, 3, 4, 5)
+    for x in (full, direct):
+        slow, slow_state = neurons(x)  # the threshold is a parameter: autograd path
+        assert slow.requires_grad
+        with torch.no_grad():
+            fast, fast_state = neurons(x)
+        assert torch.equal(fast, slow) and torch.equal(fast_state.v, slow_state.v)
+        assert torch.equal(neurons(x, None, RateBackprop())[0], slow)
+    ann = _toy_ann(g).float()
+    x = torch.rand(5, 1, 8, 8, generator=g)
+    snn = convert(ann, [x], steps=6, reset=reset)
+    slow = snn(x)
+    assert slow.requires_grad
+    with torch.no_grad():
+        assert torch.equal(snn(x), slow)
+
+
+def test_gradient_path_says_when_its_forward_is_the_snns():
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(3, 1, 8, 8, generator=g, dtype=F64)
+    snn = convert(_toy_ann(g), [x], steps=4)
+    other = convert(_toy_ann(g), [x], steps=4)
+    assert GradientPath(snn, PiecewiseLinear(0.5)).forward_equals(snn)
+    assert GradientPath(snn, StraightThrough()).forward_equals(snn)
+    assert not GradientPath(snn, PiecewiseLinear(0.5)).forward_equals(other)
+    assert not GradientPath(snn, AnalogTwin()).forward_equals(snn)  # the twin's forward is the ANN
+    assert not GradientPath(snn, RateBackprop()).forward_equals(snn)  # not claimed (own forward code)
 
 
 def test_paper_gradient_list_has_19_named_paths():

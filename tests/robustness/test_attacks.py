@@ -254,6 +254,52 @@ def test_apgd_judges_success_on_the_attacked_model_not_on_the_gradient_model():
     assert bool(still.all())
 
 
+class _SameForwardUnsaid(nn.Module):
+    """The wrapped module's forward, without ``forward_equals``: attacks must then run the model."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return self.module(x)
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr"])
+def test_apgd_reuses_the_logits_of_a_same_forward_path_without_changing_its_result(loss):
+    """Through a surrogate the SNN's forward is the model's: APGD takes its predictions from the logits
+    of each gradient step instead of running the model again; the adversarial points are the same bits,
+    and the model runs fewer times."""
+    g = torch.Generator().manual_seed(8)
+    ann = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
+                        nn.Linear(4 * 3 * 3, 16), nn.ReLU(), nn.Linear(16, 3)).eval()  # fmt: skip
+    with torch.no_grad():
+        for p in ann.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    x = torch.rand(24, 1, 6, 6, generator=g)
+    snn = convert(ann, [x], steps=4)
+    with torch.no_grad():
+        y = snn(x).argmax(1)
+    path = GradientPath(snn, PiecewiseLinear(1.0)).eval()
+    calls = []
+    hook = snn.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        results = []
+        for gm in (path, _SameForwardUnsaid(path).eval()):
+            calls.clear()
+            attack = APGD(0.2, loss=loss, steps=8)
+            results.append((attack(snn, x, y, gradient=gm, generator=torch.Generator().manual_seed(1)),
+                            len(calls)))  # fmt: skip
+    finally:
+        hook.remove()
+    (reused, n_reused), (plain, n_plain) = results
+    assert torch.equal(reused, plain)
+    assert n_reused < n_plain
+    with torch.no_grad():
+        assert len(set(y.tolist())) >= 2  # not a constant network
+        assert bool((snn(reused).argmax(1) != y).any())  # the attack did something to compare
+
+
 # -- bad input ---------------------------------------------------------------------------------------------
 
 

@@ -85,18 +85,33 @@ def _check_gradient(gradient) -> None:
         )
 
 
+def _if_inference(x: torch.Tensor, v_th: torch.Tensor, hard: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The IF dynamics of :func:`~neuromorph.neurons.integrate_fire.if_step` without autograd, in place:
+    ``(s [T, B, ...], v(T))``. The same float operations as ``if_step`` (``u = v + I``,
+    ``z = 1[u - v_th > 0]``, ``v = u (1 - z)`` or ``u - v_th z``, ``s = v_th z``), so the result is bit
+    for bit that of the autograd path; it only avoids allocating a tensor per operation and step (the
+    inference forwards of an evaluation: Square's queries, APGD's checks, every prediction)."""
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    v = torch.zeros(x.shape[1:], dtype=x.dtype, device=x.device)
+    d, z = torch.empty_like(v), torch.empty_like(v)
+    for t in range(x.shape[0]):
+        v.add_(x[t])  # u = v + I
+        torch.sub(v, v_th, out=d)
+        torch.gt(d, 0, out=z)  # z = 1[u - v_th > 0] as 0.0 / 1.0
+        torch.mul(v_th, z, out=out[t])  # s = v_th z
+        if hard:
+            v.mul_(z.neg_().add_(1.0))  # u (1 - z)
+        else:
+            v.sub_(out[t])  # u - v_th z
+    return out, v
+
+
 class _RateBackprop(torch.autograd.Function):
     """IF dynamics forward (no graph); backward passes ``grad`` where the neuron fired at least once."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, v_th: torch.Tensor, hard: bool) -> torch.Tensor:
-        v = torch.zeros_like(x[0])
-        out = torch.empty_like(x)
-        for t in range(x.shape[0]):
-            u = v + x[t]
-            z = (u > v_th).to(x.dtype)
-            v = u * (1.0 - z) if hard else u - v_th * z
-            out[t] = v_th * z
+        out, _ = _if_inference(x, v_th.detach(), hard)
         ctx.save_for_backward((out > 0).any(0))
         return out
 
@@ -151,6 +166,9 @@ class IFNeurons(nn.Module):
             out = _RateBackprop.apply(x, v_th, self.reset == "hard")
             return out, if_initial_state(x.shape[1:], device=x.device, dtype=x.dtype)
         surrogate = self.surrogate if gradient is None else gradient
+        if state is None and not torch.is_grad_enabled():
+            out, v = _if_inference(x, v_th, self.reset == "hard")
+            return out, IFState(v)
         if state is None:
             state = if_initial_state(x.shape[1:], device=x.device, dtype=x.dtype)
         p = IFParameters(v_th, self.reset, surrogate)
@@ -302,6 +320,12 @@ class GradientPath(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.snn(x, self.gradient)
+
+    def forward_equals(self, model: nn.Module) -> bool:
+        """Whether this path's forward is ``model``'s, bit for bit: a surrogate changes only the
+        backward pass of ``model`` itself (attacks then reuse the logits of a gradient step as
+        ``model``'s prediction instead of running ``model`` again)."""
+        return model is self.snn and isinstance(self.gradient, Surrogate)
 
     def extra_repr(self) -> str:
         return gradient_name(self.gradient)

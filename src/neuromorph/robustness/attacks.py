@@ -21,6 +21,10 @@ Every attack is a frozen dataclass: ``attack(model, x, y, *, gradient=None, gene
 ``model`` is the classifier under test: success is always judged by *its* predictions. ``gradient``
 (default ``model``) is the differentiable module the gradients come from: an SNN with a chosen
 surrogate (BPTT), its rate-backprop (BPTR) or its ANN twin (see ``neuromorph.conversion.spiking``).
+APGD needs ``model``'s prediction at every step; when ``gradient`` is ``model`` or says through
+``gradient.forward_equals(model)`` that its forward is ``model``'s bit for bit (an SNN seen through a
+surrogate), the logits of the gradient step serve as that prediction (one forward pass less per step,
+the same result).
 
 Guards against fake robustness: the models must be in eval mode (``ValueError``); gradients must be
 enabled and the gradient model's output must reach its input through autograd (``RuntimeError``);
@@ -168,6 +172,12 @@ def _loss(
 
 def _input_gradient(gmodel: nn.Module, x: torch.Tensor, y, kind: str, clean_logits=None):
     """``(dL/dx, L per sample)`` through ``gmodel``; refuses outputs detached from the input."""
+    g, loss, _ = _input_gradient_logits(gmodel, x, y, kind, clean_logits)
+    return g, loss
+
+
+def _input_gradient_logits(gmodel: nn.Module, x: torch.Tensor, y, kind: str, clean_logits=None):
+    """``(dL/dx, L per sample, logits)`` through ``gmodel`` (all detached)."""
     x = x.detach().requires_grad_(True)
     logits = gmodel(x)
     if not isinstance(logits, torch.Tensor) or not logits.requires_grad:
@@ -183,12 +193,22 @@ def _input_gradient(gmodel: nn.Module, x: torch.Tensor, y, kind: str, clean_logi
             "the gradient model's output does not reach its input through autograd (the input is detached "
             "inside the model): a gradient attack would report fake robustness"
         )
-    return g.detach(), loss.detach()
+    return g.detach(), loss.detach(), logits.detach()
 
 
 @torch.no_grad()
 def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x).argmax(1)
+
+
+def _same_forward(gmodel: nn.Module, model: nn.Module) -> bool:
+    """Whether ``gmodel``'s forward is ``model``'s (itself, or a module that says so through
+    ``forward_equals(model)``, e.g. an SNN seen through a surrogate): its logits then serve as
+    ``model``'s predictions, which saves one forward pass of ``model`` per step."""
+    if gmodel is model:
+        return True
+    check = getattr(gmodel, "forward_equals", None)
+    return bool(check(model)) if callable(check) else False
 
 
 # -- attacks -----------------------------------------------------------------------------------------
@@ -371,8 +391,14 @@ class APGD(Attack):
             t = _rand(x.shape, gen, x, "normal")
             x_adv = x + eps * t / (_norms(t) + 1e-12)
         x_adv = x_adv.clamp(0.0, 1.0)
-        g, loss = _input_gradient(gmodel, x_adv, y, self.loss)
-        fooled = _predict(model, x_adv) != y
+        same = _same_forward(gmodel, model)
+
+        def gradient_and_prediction(point):
+            g, loss, logits = _input_gradient_logits(gmodel, point, y, self.loss)
+            return g, loss, logits.argmax(1) if same else _predict(model, point)
+
+        g, loss, pred = gradient_and_prediction(x_adv)
+        fooled = pred != y
         x_best_adv = x_adv.clone()
         x_best, g_best, loss_best = x_adv.clone(), g.clone(), loss.clone()
         step = torch.full((len(y),) + view[1:], 2.0 * eps, device=x.device, dtype=x.dtype)
@@ -387,8 +413,8 @@ class APGD(Attack):
             x_old = x_adv
             z = project(x_adv + step * _step(g, norm), x, eps, norm)
             x_adv = project(x_adv + momentum * (z - x_adv) + (1 - momentum) * prev, x, eps, norm)
-            g, loss = _input_gradient(gmodel, x_adv, y, self.loss)
-            now = _predict(model, x_adv) != y
+            g, loss, pred = gradient_and_prediction(x_adv)
+            now = pred != y
             x_best_adv[now & ~fooled] = x_adv[now & ~fooled]
             fooled |= now
             history.append(loss)
