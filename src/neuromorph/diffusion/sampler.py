@@ -21,8 +21,8 @@ towards the patch border, ``w(i) = eps_w + sin^2(pi (i + 1/2) / p)`` per axis::
 
 Why: a patch's estimate is worst at its border (the network sees zero padding there), and with uniform
 weights the set of patches averaged at a pixel changes abruptly at every patch edge, which leaves faint
-seams at small strides (measured in docs/weather.md: +9 % edge gradient at r = p/4 against a
-restoration without patches; with the window, none). ``eps_w`` = 1e-3 keeps the weight positive where a
+seams at small strides (measured in docs/weather.md: +10-12 % edge gradient at r = p/4 against a
+restoration without patches; with the window at most 1 %). ``eps_w`` = 1e-3 keeps the weight positive where a
 single patch border covers the image border. At r = p the weights cancel (one patch per pixel), so both
 blends are the same standard sampler there.
 

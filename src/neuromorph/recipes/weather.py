@@ -368,8 +368,8 @@ def _seams(p: int, stride: int, images: list[np.ndarray], refs: list[np.ndarray]
     ctrl = np.asarray(controls, dtype=np.float64).reshape(len(seams), max(stride - 1, 0))
     by_shift = [_nanmean(ctrl[:, k]) for k in range(ctrl.shape[1])]
     by_shift = [c for c in by_shift if not math.isnan(c)]
-    excess = [e - _nanmean(c) for e, c in zip(seams, ctrl, strict=True) if not math.isnan(e) and c.size]
-    excess = [x for x in excess if not math.isnan(x)]
+    excess = [e - _nanmean(c) for e, c in zip(seams, ctrl, strict=True) if c.size]
+    excess = [x for x in excess if not math.isnan(x)]  # a NaN edge score or control drops the image
     return {
         "seam": _nanmean(seams),
         "seam_control": max(by_shift) if by_shift else math.nan,
@@ -387,11 +387,13 @@ def _score(cfg: Config, test, restored: dict[int, np.ndarray], stride: int, whol
     p = cfg.model.patch
     order = sorted(restored)
     images = [restored[i] for i in order]
+    cleans = [test[i][1] for i in order]
+    psnrs = [psnr_y(img, clean) for img, clean in zip(images, cleans, strict=True)]
     out = {
-        "psnr": float(np.mean([psnr_y(img, test[i][1]) for i, img in zip(order, images, strict=True)])),
-        "ssim": float(np.mean([ssim_y(img, test[i][1]) for i, img in zip(order, images, strict=True)])),
-        "psnr_per_image": [psnr_y(img, test[i][1]) for i, img in zip(order, images, strict=True)],
-        **_seams(p, stride, images, [test[i][1] for i in order]),
+        "psnr": float(np.mean(psnrs)),
+        "ssim": float(np.mean([ssim_y(img, clean) for img, clean in zip(images, cleans, strict=True)])),
+        "psnr_per_image": psnrs,
+        **_seams(p, stride, images, cleans),
     }
     if whole:
         vs_whole = _seams(p, stride, images, [whole[i] for i in order])
