@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from safetensors.torch import load_file
 
 from neuromorph import runs
 from neuromorph.cli import main
+from neuromorph.distributed import DistInfo
 from neuromorph.recipes import l2l_regression as rec
 from neuromorph.runs import StopFlag
 from neuromorph.tasks.function_family import FunctionEpisodes
@@ -107,6 +110,11 @@ def _check_outputs(out: Path) -> None:
     for key in ("lsnn_mse_0_shots", "lif_mse_0_shots", "lsnn_final_mse", "lif_final_mse", "claim_holds"):
         assert key in r
     assert r["iterations"] == 6 and r["test_functions"] == 4 and r["seconds"] > 0
+    # the mean of per-function differences over the same functions is the difference of the means
+    assert r["paired_final_difference"] == pytest.approx(r["lsnn_final_mse"] - r["lif_final_mse"], abs=1e-6)
+    assert r["paired_final_se"] >= 0
+    below = r["paired_final_difference"] + 2 * r["paired_final_se"] < 0
+    assert r["lsnn_below_lif"] == below and r["claim_holds"] == (r["lsnn_error_falls"] and below)
     names = ("meta_training_curve.png", "mse_by_shots.png", "final_mse.png", "raster.png", "report.html")
     for name in names:
         assert (out / name).stat().st_size > 0, name
@@ -160,6 +168,11 @@ def test_stop_then_resume_equals_uninterrupted(tmp_path, monkeypatch):
     assert (
         r1["lsnn_mse_by_shots"] == r2["lsnn_mse_by_shots"]
         and r1["lif_mse_by_shots"] == r2["lif_mse_by_shots"]
+    )
+    # the LSNN finished before the stop: its per-function errors come from its saved weights
+    assert (r1["paired_final_difference"], r1["paired_final_se"]) == (
+        r2["paired_final_difference"],
+        r2["paired_final_se"],
     )
 
 
@@ -226,6 +239,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
         (["--set", "input_scale=0"], "input_scale must be > 0"),
         (["--set", "tau_mem=-1"], "tau_mem"),
         (["--set", "lr_decay=1.5"], "lr_decay"),
+        (["--set", "lif_lr=-0.1"], "lif_lr must be >= 0"),
         (["--set", "impl=fast"], "impl"),
         (["--set", "code=spikes"], "code must be one of"),
         (["--set", "n_pop=1"], "n_pop must be >= 2"),
@@ -236,6 +250,22 @@ def test_bad_input_is_a_clear_error(args, needle, capsys, tmp_path, monkeypatch)
     assert main(["run", "l2l-regression", *args]) == 2
     assert needle in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_each_network_at_its_own_rate():
+    cfg = replace(rec.Config(), lr=1e-2, lif_lr=3e-3, lr_decay=0.5, lr_decay_every=10)
+    assert rec._lr(cfg, 0, "lsnn") == 1e-2 and rec._lr(cfg, 0, "lif") == 3e-3
+    assert rec._lr(cfg, 25, "lif") == pytest.approx(3e-3 / 4)
+    same = replace(cfg, lif_lr=0.0)  # 0 = the shared rate
+    assert rec._lr(same, 12, "lif") == rec._lr(same, 12, "lsnn") == pytest.approx(5e-3)
+
+
+def test_paired_difference_by_hand():
+    ctx = SimpleNamespace(dist=DistInfo(0, 1, 0, True, torch.device("cpu")))
+    finals = {"lsnn": torch.tensor([0.1, 0.2, 0.3, 0.4]), "lif": torch.tensor([0.2, 0.2, 0.5, 0.4])}
+    diff, se = rec._paired(finals, ctx)  # d = -0.1, 0, -0.2, 0: mean -0.075, sample sd 0.0957
+    assert diff == pytest.approx(-0.075)
+    assert se == pytest.approx(math.sqrt(((0.025**2 + 0.075**2 + 0.125**2 + 0.075**2) / 3) / 4))
 
 
 def test_listed():

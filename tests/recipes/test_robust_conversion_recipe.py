@@ -129,6 +129,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
         (["eval.attacks=[pgd,cw]"], "eval.attacks"),
         (["model.features=[8,M]"], "model.features"),
         (["finetune.surrogate=magic"], "finetune.surrogate"),
+        (["finetune.attack_gradients=[bptt-foo]"], "finetune.attack_gradients"),
         (["ann.method=fgsm"], "ann.method"),
     ],
 )

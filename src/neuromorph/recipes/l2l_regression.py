@@ -100,6 +100,7 @@ class Config:
     batch_size: int = 128
     iterations: int = 5000
     lr: float = 3e-3
+    lif_lr: float = 0.0  # the LIF-only network's own Adam rate (0 = lr): each network at its best rate
     lr_decay: float = 0.5
     lr_decay_every: int = 1500
     reg: float = 0.1
@@ -144,7 +145,7 @@ class Config:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("offset_scale", "beta", "reg", "reg_rate_hz"):
+        for name in ("offset_scale", "beta", "reg", "reg_rate_hz", "lif_lr"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.lr_decay <= 1:
@@ -282,25 +283,45 @@ def _episodes(cfg: Config, role: int, iteration: int, rank: int, batch: int, dev
     return FunctionEpisodes(ep.x.to(device), ep.y.to(device))
 
 
-def _lr(cfg: Config, iteration: int) -> float:
-    return cfg.lr * cfg.lr_decay ** (iteration // cfg.lr_decay_every)
+def _lr(cfg: Config, iteration: int, variant: str = "lsnn") -> float:
+    base = cfg.lif_lr if variant == "lif" and cfg.lif_lr > 0 else cfg.lr
+    return base * cfg.lr_decay ** (iteration // cfg.lr_decay_every)
+
+
+def _tail(cfg: Config) -> int:
+    """How many shots "the end of an episode" averages: the last quarter (at least one)."""
+    return max(1, (cfg.n_examples - 1) // 4)
 
 
 @torch.no_grad()
-def _test(net: nn.Module, cfg: Config, ctx: Context, local_batch: int) -> dict[str, list[float]]:
-    """Per-example MSE on ``test_batches`` batches of new functions, frozen weights; all ranks agree."""
-    sq_net, sq_mean = [], []
+def _test(net: nn.Module, cfg: Config, ctx: Context, local_batch: int) -> dict:
+    """Per-example MSE on ``test_batches`` batches of new functions, frozen weights; all ranks agree.
+    ``final_by_function``: this rank's functions' last-quarter MSE, one value per function (the
+    functions are the same for every variant, so two variants' values pair up)."""
+    sq_net, sq_mean, per_function = [], [], []
     for k in range(cfg.test_batches):
         ep = _episodes(cfg, TEST_ROLE, k, ctx.dist.rank, local_batch, ctx.device)
         out, _ = net(encode(ep, cfg))
-        sq_net.append(((predictions(out, cfg) - ep.y) ** 2).mean(1))
+        sq = (predictions(out, cfg) - ep.y) ** 2  # [examples, functions]
+        sq_net.append(sq.mean(1))
+        per_function.append(sq[-_tail(cfg) :].mean(0))
         sq_mean.append(((mean_predictor(ep.y) - ep.y) ** 2).mean(1))
     by_example = torch.stack(sq_net).mean(0)
     ref = torch.stack(sq_mean).mean(0)
     return {
         "by_example": [all_reduce_mean(float(v), ctx.dist) for v in by_example],
         "mean_predictor": [all_reduce_mean(float(v), ctx.dist) for v in ref],
+        "final_by_function": torch.cat(per_function).cpu(),
     }
+
+
+def _paired(finals: dict[str, torch.Tensor], ctx: Context) -> tuple[float, float]:
+    """Mean over the test functions of (LSNN - LIF-only) last-quarter MSE, and its standard error."""
+    d = (finals["lsnn"] - finals["lif"]).double()
+    mean = all_reduce_mean(float(d.mean()), ctx.dist)
+    mean_sq = all_reduce_mean(float((d * d).mean()), ctx.dist)
+    n = d.numel() * ctx.dist.world_size
+    return mean, math.sqrt(max(mean_sq - mean * mean, 0.0) / max(n - 1, 1))
 
 
 def run(cfg: Config, ctx: Context) -> dict:
@@ -312,6 +333,7 @@ def run(cfg: Config, ctx: Context) -> dict:
         )
     local_batch = cfg.batch_size // world
     done: dict[str, dict] = {}
+    finals: dict[str, torch.Tensor] = {}  # per-function last-quarter MSE of the variants tested here
     start_variant, start_iter, seconds_before, step = 0, 0, 0.0, 0
     tensors, meta = ctx.resume if ctx.resume is not None else ({}, {})
     if meta:
@@ -328,7 +350,7 @@ def run(cfg: Config, ctx: Context) -> dict:
         vid = VARIANTS.index(variant)
         net = RegressionLSNN(cfg, variant, seeded_generator(cfg.seed, vid)).to(ctx.device)
         model = wrap_ddp(net, ctx.dist)
-        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+        opt = torch.optim.Adam(net.parameters(), lr=_lr(cfg, 0, variant))
         first = start_iter if vi == start_variant else 0
         if vi == start_variant and meta.get("optimizer"):  # resumed in the middle of this variant
             load_module_tensors("net.", net, tensors)
@@ -352,7 +374,7 @@ def run(cfg: Config, ctx: Context) -> dict:
         it = first
         while it < cfg.iterations:
             for group in opt.param_groups:
-                group["lr"] = _lr(cfg, it)
+                group["lr"] = _lr(cfg, it, variant)
             ep = _episodes(cfg, vid, it, ctx.dist.rank, local_batch, ctx.device)
             out, z = model(encode(ep, cfg))
             mse = ((predictions(out, cfg) - ep.y) ** 2).mean()
@@ -375,6 +397,7 @@ def run(cfg: Config, ctx: Context) -> dict:
                 checkpoint(it, step)
         bar.close()
         test = _test(net, cfg, ctx, local_batch)
+        finals[variant] = test["final_by_function"]
         done[variant] = {
             "mse_by_example": test["by_example"],
             "mean_predictor_by_example": test["mean_predictor"],
@@ -400,7 +423,20 @@ def run(cfg: Config, ctx: Context) -> dict:
         if ctx.stop.requested:
             return {"stopped": True, "step": step}
 
+    for variant in done.keys() - finals.keys():  # finished before a resume: test its saved weights again
+        from safetensors.torch import load_file
+
+        net = RegressionLSNN(cfg, variant, torch.Generator()).to(ctx.device)
+        load_module_tensors("", net, load_file(str(ctx.run.path(f"{variant}.safetensors"))))
+        finals[variant] = _test(net, cfg, ctx, local_batch)["final_by_function"]
     results = _results(cfg, done, world, ctx, elapsed())
+    if "lsnn" in finals and "lif" in finals:
+        diff, se = _paired(finals, ctx)
+        results["paired_final_difference"] = diff  # LSNN - LIF, mean over the same test functions
+        results["paired_final_se"] = se
+        # ends lower: the paired difference is below zero by more than two standard errors
+        results["lsnn_below_lif"] = bool(diff + 2 * se < 0)
+        results["claim_holds"] = bool(results["lsnn_error_falls"] and results["lsnn_below_lif"])
     if ctx.dist.is_main:
         ctx.run.write_results(results)
         _plots(cfg, ctx, done)
@@ -427,17 +463,13 @@ def _results(cfg: Config, done: dict, world: int, ctx: Context, seconds: float) 
         "processes": world,
         "device": str(ctx.device),
     }
-    tail = max(1, (cfg.n_examples - 1) // 4)  # "ends": the mean over the last quarter of the shots
+    tail = _tail(cfg)  # "ends": the mean over the last quarter of the shots
     for v in ("lsnn", "lif"):
         if v in done:
             by_shot = results[f"{v}_mse_by_shots"]
             results[f"{v}_final_mse"] = float(np.mean(by_shot[-tail:]))
             # falls: the end of the episode is >= 20% below the error after one labelled example
             results[f"{v}_error_falls"] = bool(results[f"{v}_final_mse"] < 0.8 * by_shot[0])
-    if "lsnn" in done and "lif" in done:
-        results["claim_holds"] = bool(
-            results["lsnn_error_falls"] and results["lsnn_final_mse"] < results["lif_final_mse"]
-        )
     return results
 
 
@@ -469,7 +501,7 @@ def _plots(cfg: Config, ctx: Context, done: dict) -> None:
         xlabel="labelled examples seen (shots)",
         logy=True,
     )
-    tail = max(1, (cfg.n_examples - 1) // 4)
+    tail = _tail(cfg)
     plot_bars(
         {v: float(np.mean(d["mse_by_example"][-tail:])) for v, d in done.items()},
         ctx.run.path("final_mse.png"),

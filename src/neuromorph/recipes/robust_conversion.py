@@ -159,6 +159,9 @@ class FinetuneConfig:
     steps: int = 1  # KL steps of method=trades
     surrogate: str = "pcw"
     surrogate_width: float = 1.0
+    # gradient paths (names of paper_gradients) the training examples are built through, one per batch in
+    # turn; () = the SNN's own surrogate above (the paper)
+    attack_gradients: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -255,6 +258,9 @@ class Config:
                 f"eval.attacks must be a non-empty subset of {tuple(ALGORITHMS)}, got {e.attacks!r}"
             )
         known = tuple(paper_gradients())
+        bad_paths = [g for g in f.attack_gradients if g not in known]
+        if bad_paths:
+            raise ValueError(f"finetune.attack_gradients entries must be in {known}, got {bad_paths!r}")
         for key, paths in (("eval.gradients", e.gradients), ("eval.apgd_gradients", e.apgd_gradients)):
             if [g for g in paths if g not in known] or not paths:
                 raise ValueError(f"{key} must be a non-empty subset of {known}, got {paths!r}")
@@ -523,6 +529,15 @@ def run(cfg: Config, ctx: Context) -> dict:
     return results
 
 
+def _attack_model(net: ConvertedSNN, f: FinetuneConfig, iteration: int) -> nn.Module:
+    """The model the finetuning examples of batch ``iteration`` are built on: the SNN itself (its own
+    surrogate) or, with ``finetune.attack_gradients``, the SNN through those paths in turn."""
+    if not f.attack_gradients:
+        return net
+    name = f.attack_gradients[iteration % len(f.attack_gradients)]
+    return GradientPath(net, paper_gradients()[name])
+
+
 def _train_stage(cfg, ctx, data: _Data, st: _State, nets, tensors, meta, save) -> bool:
     """Train ``st.stage`` from ``st.iteration``; returns True when stopped (checkpoint written)."""
     name = st.stage
@@ -562,7 +577,7 @@ def _train_stage(cfg, ctx, data: _Data, st: _State, nets, tensors, meta, save) -
                 loss = F.cross_entropy(logits, y)
                 adv_logits = None
             elif name == "snn_finetuned":
-                out = trainer.loss(model, x, y, generator=gen, attack_model=net)
+                out = trainer.loss(model, x, y, generator=gen, attack_model=_attack_model(net, f, it))
                 loss, logits, adv_logits = out.loss, out.clean_logits, out.adv_logits
             else:
                 out = trainer.loss(model, x, y, generator=gen, attack_model=net)
