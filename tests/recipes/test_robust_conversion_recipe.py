@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from neuromorph.cli import main
+from neuromorph.recipes.robust_conversion import QUICK_SCALES
 
 MODELS = ("ann_robust", "ann_plain", "snn_converted_plain", "snn_converted_robust", "snn_finetuned")
 TINY = [
@@ -64,6 +65,12 @@ def test_tiny_run_writes_every_model_table_and_report(tmp_path):
     assert claims <= set(results["claims"])
     assert all(results["claims"]["ensemble_le_min_single_attack"].values())
     assert results["conversion_check"]["T"] == 4 and results["cpu_seconds"] > 0
+    for name in ("snn_converted_plain", "snn_converted_robust"):  # --quick searches the scale
+        chosen = results["conversion_scale"][name]
+        by_scale = chosen["accuracy_by_scale"]
+        assert list(by_scale) == list(QUICK_SCALES) and chosen["selection_images"] == 128 - 64
+        first_best = next(k for k, v in by_scale.items() if v == max(by_scale.values()))
+        assert chosen["scale"] == float(first_best)
     for name in ("robustness_table.png", "ensemble_robust_accuracy.png", "finetuned_snn_per_attack.png",
                  "training_loss.png", "report.html", "config.yaml"):  # fmt: skip
         assert (out / name).stat().st_size > 0, name
@@ -130,6 +137,9 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
         (["model.features=[8,M]"], "model.features"),
         (["finetune.surrogate=magic"], "finetune.surrogate"),
         (["finetune.attack_gradients=[bptt-foo]"], "finetune.attack_gradients"),
+        (["conversion.scale_search=[0.5,-1]"], "conversion.scale_search entries must be numbers > 0"),
+        (["conversion.scale_search=[abc]"], "conversion.scale_search"),
+        (["conversion.scale_search_images=0"], "conversion.scale_search_images"),
         (["ann.method=fgsm"], "ann.method"),
     ],
 )
