@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from neuromorph.cli import main
-from neuromorph.recipes.robust_conversion import QUICK_SCALES
+from neuromorph.recipes.robust_conversion import SCALE_GRID
 
 MODELS = ("ann_robust", "ann_plain", "snn_converted_plain", "snn_converted_robust", "snn_finetuned")
 TINY = [
@@ -65,10 +65,18 @@ def test_tiny_run_writes_every_model_table_and_report(tmp_path):
     assert claims <= set(results["claims"])
     assert all(results["claims"]["ensemble_le_min_single_attack"].values())
     assert results["conversion_check"]["T"] == 4 and results["cpu_seconds"] > 0
-    for name in ("snn_converted_plain", "snn_converted_robust"):  # --quick searches the scale
+    assert results["conversion_scale"]["snn_converted_robust"] == {"scale": 0.3}  # --quick: the paper's
+
+
+def test_scale_search_keeps_the_most_accurate_conversion(tmp_path):
+    out = tmp_path / "run"
+    grid = "conversion.scale_search=[" + ",".join(SCALE_GRID) + "]"
+    assert _run(["--set", grid, "--set", "eval.attacks=[fgsm]", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    for name in ("snn_converted_plain", "snn_converted_robust"):
         chosen = results["conversion_scale"][name]
         by_scale = chosen["accuracy_by_scale"]
-        assert list(by_scale) == list(QUICK_SCALES) and chosen["selection_images"] == 128 - 64
+        assert list(by_scale) == list(SCALE_GRID) and chosen["selection_images"] == 128 - 64
         first_best = next(k for k, v in by_scale.items() if v == max(by_scale.values()))
         assert chosen["scale"] == float(first_best)
     for name in ("robustness_table.png", "ensemble_robust_accuracy.png", "finetuned_snn_per_attack.png",
