@@ -66,12 +66,19 @@ def test_tiny_run_writes_every_model_table_and_report(tmp_path):
     assert all(results["claims"]["ensemble_le_min_single_attack"].values())
     assert results["conversion_check"]["T"] == 4 and results["cpu_seconds"] > 0
     assert results["conversion_scale"]["snn_converted_robust"] == {"scale": 0.3}  # --quick: the paper's
+    for name in ("robustness_table.png", "ensemble_robust_accuracy.png", "finetuned_snn_per_attack.png",
+                 "training_loss.png", "report.html", "config.yaml"):  # fmt: skip
+        assert (out / name).stat().st_size > 0, name
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64") >= 4 and "snn_finetuned" in html
 
 
 def test_scale_search_keeps_the_most_accurate_conversion(tmp_path):
+    """Also runs the finetuning with examples built through two gradient paths in turn."""
     out = tmp_path / "run"
     grid = "conversion.scale_search=[" + ",".join(SCALE_GRID) + "]"
-    assert _run(["--set", grid, "--set", "eval.attacks=[fgsm]", "--out", str(out)]) == 0
+    paths = "finetune.attack_gradients=[bptt-pcw-1,ann-twin]"
+    assert _run(["--set", grid, "--set", paths, "--set", "eval.attacks=[fgsm]", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     for name in ("snn_converted_plain", "snn_converted_robust"):
         chosen = results["conversion_scale"][name]
@@ -79,11 +86,6 @@ def test_scale_search_keeps_the_most_accurate_conversion(tmp_path):
         assert list(by_scale) == list(SCALE_GRID) and chosen["selection_images"] == 128 - 64
         first_best = next(k for k, v in by_scale.items() if v == max(by_scale.values()))
         assert chosen["scale"] == float(first_best)
-    for name in ("robustness_table.png", "ensemble_robust_accuracy.png", "finetuned_snn_per_attack.png",
-                 "training_loss.png", "report.html", "config.yaml"):  # fmt: skip
-        assert (out / name).stat().st_size > 0, name
-    html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64") >= 4 and "snn_finetuned" in html
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):

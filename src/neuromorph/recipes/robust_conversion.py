@@ -435,12 +435,20 @@ def _convert(
                    calibration_steps=c.calibration_steps)  # fmt: skip
 
 
+def _clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 250) -> float:
+    """Fraction of ``x`` that ``model`` classifies as ``y``, in batches, without autograd."""
+    with torch.no_grad():
+        pred = torch.cat([model(x[i : i + batch]).argmax(1) for i in range(0, len(y), batch)])
+    return float(pred.eq(y).float().mean())
+
+
 def _convert_best_scale(
     cfg: Config, ann: nn.Module, calibration: list[torch.Tensor], data: _Data, device
 ) -> tuple[ConvertedSNN, dict]:
     """Convert ``ann``; with ``conversion.scale_search``, once per candidate scale, keeping the SNN with
     the best clean accuracy on the selection images (training images after the calibration batches; the
-    first candidate wins ties). Returns the SNN and ``{"scale", "accuracy_by_scale"}``."""
+    first candidate wins ties). Returns the SNN and ``{"scale", "accuracy_by_scale", "selection_images"}``
+    (only ``{"scale"}`` without a search)."""
     c = cfg.conversion
     if not c.scale_search:
         return _convert(cfg, ann, calibration), {"scale": c.scale}
@@ -448,11 +456,7 @@ def _convert_best_scale(
     best, best_acc, accuracy = None, -1.0, {}
     for text in c.scale_search:
         snn = _convert(cfg, ann, calibration, scale=float(text))
-        with torch.no_grad():
-            hits = sum(
-                int(snn(x[i : i + 250]).argmax(1).eq(y[i : i + 250]).sum()) for i in range(0, len(y), 250)
-            )
-        accuracy[text] = hits / len(y)
+        accuracy[text] = _clean_accuracy(snn, x, y)
         if accuracy[text] > best_acc:
             best, best_acc, scale = snn, accuracy[text], float(text)
     return best, {"scale": scale, "accuracy_by_scale": accuracy, "selection_images": len(y)}
@@ -595,15 +599,6 @@ def run(cfg: Config, ctx: Context) -> dict:
     return results
 
 
-def _attack_model(net: ConvertedSNN, f: FinetuneConfig, iteration: int) -> nn.Module:
-    """The model the finetuning examples of batch ``iteration`` are built on: the SNN itself (its own
-    surrogate) or, with ``finetune.attack_gradients``, the SNN through those paths in turn."""
-    if not f.attack_gradients:
-        return net
-    name = f.attack_gradients[iteration % len(f.attack_gradients)]
-    return GradientPath(net, paper_gradients()[name])
-
-
 def _train_stage(cfg, ctx, data: _Data, st: _State, nets, tensors, meta, save) -> bool:
     """Train ``st.stage`` from ``st.iteration``; returns True when stopped (checkpoint written)."""
     name = st.stage
@@ -629,6 +624,12 @@ def _train_stage(cfg, ctx, data: _Data, st: _State, nets, tensors, meta, save) -
     total = epochs * _iters_per_epoch(data, batch)
     model = wrap_ddp(net, ctx.dist)
     net.train()
+    # the models the finetuning examples are built on, one per batch in turn: the SNN itself (its own
+    # surrogate) or, with finetune.attack_gradients, the SNN through those paths (built after train():
+    # a GradientPath mirrors the SNN's mode, and the example builder restores that mode afterwards)
+    paths = paper_gradients()
+    finetune_paths = cfg.finetune.attack_gradients if name == "snn_finetuned" else ()
+    attack_models = [GradientPath(net, paths[g]) for g in finetune_paths] or [net]
     bar = progress_bar(ctx, total=total, initial=st.iteration, desc=name)
     role = _ROLE[name]
     try:
@@ -643,7 +644,9 @@ def _train_stage(cfg, ctx, data: _Data, st: _State, nets, tensors, meta, save) -
                 loss = F.cross_entropy(logits, y)
                 adv_logits = None
             elif name == "snn_finetuned":
-                out = trainer.loss(model, x, y, generator=gen, attack_model=_attack_model(net, f, it))
+                out = trainer.loss(
+                    model, x, y, generator=gen, attack_model=attack_models[it % len(attack_models)]
+                )
                 loss, logits, adv_logits = out.loss, out.clean_logits, out.adv_logits
             else:
                 out = trainer.loss(model, x, y, generator=gen, attack_model=net)
@@ -766,18 +769,11 @@ def _conversion_check(cfg: Config, ctx: Context, data: _Data, nets, calibration)
     n = min(c.check_test_size, len(data.test_y))
     x, y = data.test_x[:n].to(ctx.device), data.test_y[:n].to(ctx.device)
     out = {"test_images": n}
-
-    def acc(model) -> float:
-        with torch.no_grad():
-            return float(
-                torch.cat([model(x[i : i + 250]).argmax(1) for i in range(0, n, 250)]).eq(y).float().mean()
-            )
-
-    out["ann_plain_clean"] = acc(nets["ann_plain"].eval())
-    out[f"snn_T{c.steps}_clean"] = acc(nets["snn_converted_plain"])
+    out["ann_plain_clean"] = _clean_accuracy(nets["ann_plain"].eval(), x, y)
+    out[f"snn_T{c.steps}_clean"] = _clean_accuracy(nets["snn_converted_plain"], x, y)
     if c.check_steps:
         out.update(T=c.check_steps, reset=c.check_reset, scale=c.check_scale)
-        out["snn_clean"] = acc(_convert(cfg, nets["ann_plain"], calibration, check=True))
+        out["snn_clean"] = _clean_accuracy(_convert(cfg, nets["ann_plain"], calibration, check=True), x, y)
         out["gap"] = out["ann_plain_clean"] - out["snn_clean"]
     return out
 
