@@ -89,7 +89,9 @@ def test_population_code_by_hand():
 
 def test_episodes_follow_the_config_family():
     """The recipe draws its functions from function_family with the config's law (centred too) and the
-    (seed, role, iteration, rank) stream; the quick setting's gaps outlast the membrane time constant."""
+    (seed, role, iteration, rank) stream; the quick setting's gaps outlast the membrane time constant
+    (the membrane forgets) but not the adaptation's (an ALIF threshold keeps >= e^-0.5 of what it held
+    across one gap), the regime where adaptive neurons should help."""
     from neuromorph.tasks.function_family import sample_episodes
 
     cfg = rec.Config(n_inputs=1, n_examples=5, centred=True, out_scale=5.0, offset_scale=0.0, seed=7)
@@ -99,7 +101,7 @@ def test_episodes_follow_the_config_family():
     )
     assert torch.equal(ep.x, want.x) and torch.equal(ep.y, want.y)
     q = rec.quick(rec.Config())
-    assert q.gap_ms >= 4 * q.tau_mem and q.gap_ms * q.n_examples <= 3 * q.tau_adapt
+    assert q.gap_ms >= 4 * q.tau_mem and q.gap_ms <= q.tau_adapt / 2
 
 
 def _check_outputs(out: Path) -> None:
