@@ -627,8 +627,8 @@ def _train_stage(cfg, ctx, data: _Data, st: _State, nets, tensors, meta, save) -
     # the models the finetuning examples are built on, one per batch in turn: the SNN itself (its own
     # surrogate) or, with finetune.attack_gradients, the SNN through those paths (built after train():
     # a GradientPath mirrors the SNN's mode, and the example builder restores that mode afterwards)
-    paths = paper_gradients()
     finetune_paths = cfg.finetune.attack_gradients if name == "snn_finetuned" else ()
+    paths = paper_gradients() if finetune_paths else {}
     attack_models = [GradientPath(net, paths[g]) for g in finetune_paths] or [net]
     bar = progress_bar(ctx, total=total, initial=st.iteration, desc=name)
     role = _ROLE[name]
