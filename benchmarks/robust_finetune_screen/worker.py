@@ -37,6 +37,6 @@ r = st.results["snn_finetuned"]
 ref = meta["results"]
 print("RESULT " + json.dumps({"src": src, "device": str(device), "sets": sets, "seed": cfg.seed, "clean": r["clean"], "ensemble": r["ensemble"],
       "ann_robust_ensemble": ref["ann_robust"]["ensemble"], "gap": round(r["ensemble"] - ref["ann_robust"]["ensemble"], 4),
-      "src_finetuned_ensemble": ref["snn_finetuned"]["ensemble"],
+      "src_finetuned_ensemble": ref["snn_finetuned"]["ensemble"], "finetune": st.results.get("finetune"),
       "finetune_s": round(t1 - t0, 1), "eval_s": round(time.perf_counter() - t1, 1), "cpu_s": round(cpu() - c0, 1),
       "attacks": r["attacks"]}), flush=True)

@@ -4,6 +4,7 @@ bad input."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,9 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
+from neuromorph import runs
 from neuromorph.cli import main
-from neuromorph.recipes.robust_conversion import SCALE_GRID
+from neuromorph.recipes.robust_conversion import SCALE_GRID, _at_most
+from neuromorph.runs import StopFlag
 
 MODELS = ("ann_robust", "ann_plain", "snn_converted_plain", "snn_converted_robust", "snn_finetuned")
 TINY = [
@@ -130,6 +134,60 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     assert _metrics(ref) == _metrics(killed)
 
 
+class _StopAfter(StopFlag):
+    """A stop flag that reads ``requested`` as True from its ``n``-th check on (a SIGTERM mid-run)."""
+
+    def __init__(self, n: int) -> None:
+        self._left = n
+        super().__init__()
+
+    @property
+    def requested(self) -> bool:
+        self._left -= 1
+        return self._left < 0
+
+    @requested.setter
+    def requested(self, value: bool) -> None:
+        pass
+
+
+def test_weight_average_is_evaluated_and_survives_a_stop_in_the_finetuning(tmp_path, monkeypatch):
+    """finetune.ema_decay: the stop lands in the finetuning (2 checks per ANN stage's 2 iterations plus
+    one after each stage: 7 before it), the checkpoint holds the average, and the resumed run equals
+    the uninterrupted one; the evaluated SNN is the average, not the last iterate."""
+    base = ["--set", "finetune.epochs=2", "--set", "checkpoint_every=1", "--set", "eval.attacks=[fgsm]"]
+    args = [*base, "--set", "finetune.ema_decay=0.5"]
+    ref, stopped = tmp_path / "ref", tmp_path / "stopped"
+    assert _run([*args, "--out", str(ref)]) == 0
+    with monkeypatch.context() as m:
+        m.setattr(runs, "graceful_stop", lambda: contextlib.nullcontext(_StopAfter(8)))
+        assert _run([*args, "--out", str(stopped)]) == 130
+    meta = json.loads((stopped / "checkpoint.json").read_text())["meta"]
+    assert meta["stage"] == "snn_finetuned" and meta["iteration"] == 2
+    saved = load_file(str(next(stopped.glob("checkpoint-*.safetensors"))))
+    assert any(k.startswith("ema.") for k in saved)
+    assert main(["run", "--resume", str(stopped), "--no-progress"]) == 0
+    r1, r2 = (json.loads((d / "results.json").read_text()) for d in (ref, stopped))
+    assert _model_numbers(r1) == _model_numbers(r2) and r1["finetune"] == r2["finetune"]
+    assert _metrics(ref) == _metrics(stopped)
+    assert r1["finetune"]["ema_decay"] == 0.5 and 0 <= r1["finetune"]["last_iterate_clean"] <= 1
+    # the average is what was evaluated: the thresholds differ from those of the last iterate
+    final = load_file(str(next(ref.glob("checkpoint-*.safetensors"))))
+    no_avg = tmp_path / "no_avg"
+    assert _run([*base, "--set", "finetune.ema_decay=0", "--out", str(no_avg)]) == 0
+    last = load_file(str(next(no_avg.glob("checkpoint-*.safetensors"))))
+    assert not all((final[k] == last[k]).all() for k in final if k.startswith("snn_finetuned."))
+    assert all((final[k] == last[k]).all() for k in final if k.startswith("snn_converted_robust."))
+
+
+def test_claims_compare_image_counts_not_float_noise():
+    """15 images of 500 below is exactly 3 points (0.030000000000000027 in floats): within; 16 is not."""
+    assert 436 / 500 - 421 / 500 > 0.03  # the float noise the comparison must absorb
+    assert _at_most(abs(421 / 500 - 436 / 500), 0.03)
+    assert not _at_most(abs(420 / 500 - 436 / 500), 0.03)
+    assert _at_most(0.20, 0.95 - 0.75) and not _at_most(0.20, 0.948 - 0.75)
+
+
 @pytest.mark.parametrize(
     "sets, needle",
     [
@@ -151,6 +209,8 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
         (["conversion.scale_search=[abc]"], "conversion.scale_search"),
         (["conversion.scale_search_images=0"], "conversion.scale_search_images"),
         (["ann.method=fgsm"], "ann.method"),
+        (["finetune.ema_decay=1"], "finetune.ema_decay must be in [0, 1)"),
+        (["finetune.ema_decay=-0.1"], "finetune.ema_decay"),
     ],
 )
 def test_bad_input_is_a_clear_error(sets, needle, capsys, tmp_path, monkeypatch):

@@ -42,7 +42,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .._validate import positive, positive_int
+from .._validate import positive_int
+from ..averaging import ema_init, ema_update
 from ..data.images import optional_module
 from .schedule import weatherdiff_schedule
 
@@ -202,30 +203,6 @@ def build_model(cfg: UNetConfig, seed: int) -> ConditionalUNet:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return ConditionalUNet(cfg)
-
-
-@torch.no_grad()
-def ema_init(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A detached copy of every floating-point parameter and buffer (the EMA weights start equal)."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-@torch.no_grad()
-def ema_update(ema: dict[str, torch.Tensor], model: nn.Module, decay: float) -> None:
-    """``ema <- decay * ema + (1 - decay) * theta`` for floating-point tensors (in place, foreach);
-    integer buffers are copied."""
-    positive("decay", decay, allow_zero=True)
-    if decay >= 1.0:
-        raise ValueError(f"decay must be in [0, 1), got {decay!r}")
-    state = model.state_dict()
-    floats_e, floats_m = [], []
-    for k, v in state.items():
-        if v.is_floating_point():
-            floats_e.append(ema[k])
-            floats_m.append(v.detach())
-        else:
-            ema[k].copy_(v)
-    torch._foreach_lerp_(floats_e, floats_m, 1.0 - decay)
 
 
 def autocast_for(device: torch.device, enabled: bool):

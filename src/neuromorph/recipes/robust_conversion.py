@@ -21,8 +21,8 @@ the finetuned SNN's ensemble robust accuracy is within 3 points of the robust AN
 points above the converted plain ANN's; the ensemble is at most the lowest single attack for every model.
 
 ``--quick``: the shipped MNIST 5k subset (4,000 train / 500 test), a small VGG-style CNN, eps 0.15, 2
-epochs of TRADES finetuning (3 KL steps), 8 gradient paths. Full version: ``--set data.name=cifar10
---set data.root=DIR`` (also cifar100, svhn, fashion-mnist).
+epochs of TRADES finetuning (3 KL steps) whose weight average is kept, 8 gradient paths. Full version:
+``--set data.name=cifar10 --set data.root=DIR`` (also cifar100, svhn, fashion-mnist).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..averaging import ema_init, ema_update, warmup_decay
 from ..conversion import (
     METHODS,
     AdversarialTraining,
@@ -167,6 +168,9 @@ class FinetuneConfig:
     # gradient paths (names of paper_gradients) the training examples are built through, one per batch in
     # turn; () = the SNN's own surrogate above (the paper)
     attack_gradients: tuple[str, ...] = ()
+    # > 0: the finetuned SNN is the exponential moving average of the iterates (this decay, warmed up as
+    # in averaging.warmup_decay) instead of the last iterate; 0 = the last iterate (the paper)
+    ema_decay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -248,6 +252,8 @@ class Config:
                            ("finetune.surrogate_width", f.surrogate_width)):  # fmt: skip
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{key} must be > 0, got {value}")
+        if not 0.0 <= f.ema_decay < 1.0:
+            raise ValueError(f"finetune.ema_decay must be in [0, 1) (0 = no averaging), got {f.ema_decay}")
         if f.alpha > f.eps:
             raise ValueError(f"finetune.alpha must be <= finetune.eps ({f.eps}), got {f.alpha}")
         check_percentile(c.percentile)
@@ -302,7 +308,9 @@ def quick(cfg: Config) -> Config:
     conversion (T = 8, hard reset, scale 0.3; ``conversion.scale_search`` picks a better-converting
     scale but the finetuning then did worse, docs/robustness.md), 2 epochs of TRADES finetuning (3 KL
     steps through BPTT, beta 2; the paper's single-step RFGSM-KL left seeds 1 and 2 3.6-3.8 points
-    below the robust ANN; the variants tried are in docs/robustness.md), and an ensemble of FGSM, RFGSM
+    below the robust ANN; the variants tried are in docs/robustness.md) keeping the exponential moving
+    average of its iterates (decay 0.97, about the last quarter of its 124 steps) rather than the last
+    iterate, and an ensemble of FGSM, RFGSM
     and PGD-10 through 8 gradient paths, APGD-CE/DLR (20 steps) through PCW-1 and the ANN twin, and
     Square (200 queries)."""
     return replace(
@@ -312,7 +320,9 @@ def quick(cfg: Config) -> Config:
         model=replace(cfg.model, arch="vgg", features=("8", "A", "16", "A"), hidden=("64",), dropout=0.0),
         ann=replace(cfg.ann, epochs=10, plain_epochs=4, lr=0.05, eps=0.15, steps=10),
         conversion=replace(cfg.conversion, calibration_batches=4, calibration_steps=16, check_test_size=500),
-        finetune=replace(cfg.finetune, epochs=2, lr=0.01, method="trades", eps=0.15, alpha=0.075, steps=3),
+        finetune=replace(
+            cfg.finetune, epochs=2, lr=0.01, method="trades", eps=0.15, alpha=0.075, steps=3, ema_decay=0.97
+        ),
         eval=replace(
             cfg.eval,
             eps=0.15,
@@ -619,8 +629,20 @@ def _train_stage(cfg, ctx, data: _Data, st: _State, nets, tensors, meta, save) -
             if name == "ann_robust"
             else None
         )
-    if meta.get("stage") == name and meta.get("optimizer"):
+    resumed = meta.get("stage") == name and meta.get("optimizer")
+    if resumed:
         load_optimizer("opt.", opt, tensors, meta["optimizer"])
+    # finetune.ema_decay: the average of the iterates, checkpointed beside the optimizer as "ema.*"
+    ema = ema_init(net) if name == "snn_finetuned" and cfg.finetune.ema_decay > 0 else None
+    if ema is not None and resumed:
+        ema = {k: tensors[f"ema.{k}"].to(v.device) for k, v in ema.items()}
+
+    def checkpoint() -> None:
+        opt_t, opt_meta = optimizer_tensors("opt.", opt)
+        if ema is not None:
+            opt_t.update({f"ema.{k}": v for k, v in ema.items()})
+        save((opt_t, opt_meta))
+
     total = epochs * _iters_per_epoch(data, batch)
     model = wrap_ddp(net, ctx.dist)
     net.train()
@@ -657,6 +679,8 @@ def _train_stage(cfg, ctx, data: _Data, st: _State, nets, tensors, meta, save) -
             opt.step()
             if name == "snn_finetuned":
                 net.clamp_thresholds_()
+            if ema is not None:
+                ema_update(ema, net, warmup_decay(cfg.finetune.ema_decay, it))
             st.iteration += 1
             st.step += 1
             metrics = {f"{name}/loss": all_reduce_mean(float(loss.detach()), ctx.dist)}
@@ -672,13 +696,19 @@ def _train_stage(cfg, ctx, data: _Data, st: _State, nets, tensors, meta, save) -
             bar.update(1)
             bar.set_postfix(loss=f"{metrics[f'{name}/loss']:.3f}")
             if ctx.stop.requested:
-                save(optimizer_tensors("opt.", opt))
+                checkpoint()
                 return True
             if st.iteration % cfg.checkpoint_every == 0 and st.iteration < total:
-                save(optimizer_tensors("opt.", opt))
+                checkpoint()
     finally:
         bar.close()
     net.eval()
+    if name == "snn_finetuned":
+        x, y = data.test_x.to(dev), data.test_y.to(dev)
+        st.results["finetune"] = {"ema_decay": cfg.finetune.ema_decay,
+                                  "last_iterate_clean": _clean_accuracy(net, x, y)}  # fmt: skip
+        if ema is not None:  # the SNN that is evaluated (and checkpointed at the stage's end): the average
+            net.load_state_dict(ema)
     return False
 
 
@@ -778,6 +808,12 @@ def _conversion_check(cfg: Config, ctx: Context, data: _Data, nets, calibration)
     return out
 
 
+def _at_most(a: float, b: float) -> bool:
+    """``a <= b`` for differences of accuracies (counts / n): 0.842 - 0.872 (15 images of 500, exactly 3
+    points) is 0.030000000000000027 in floats, so the comparison allows 1e-9 (far below one image)."""
+    return a <= b + 1e-9
+
+
 def _results(cfg: Config, ctx: Context, st: _State, seconds: float, cpu_seconds: float) -> dict:
     r = st.results
     results: dict = {name: r[name] for name in MODELS}
@@ -788,17 +824,20 @@ def _results(cfg: Config, ctx: Context, st: _State, seconds: float, cpu_seconds:
             m: r[m]["ensemble"] <= min(r[m]["attacks"].values()) for m in MODELS
         },
         "finetuned_minus_robust_ann": ens["snn_finetuned"] - ens["ann_robust"],
-        "finetuned_within_3pt_of_robust_ann": abs(ens["snn_finetuned"] - ens["ann_robust"]) <= 0.03,
+        "finetuned_within_3pt_of_robust_ann": _at_most(abs(ens["snn_finetuned"] - ens["ann_robust"]), 0.03),
         "finetuned_minus_converted_plain": ens["snn_finetuned"] - ens["snn_converted_plain"],
-        "finetuned_20pt_above_converted_plain": ens["snn_finetuned"] - ens["snn_converted_plain"] >= 0.20,
+        "finetuned_20pt_above_converted_plain": _at_most(
+            0.20, ens["snn_finetuned"] - ens["snn_converted_plain"]
+        ),
     }
     if "gap" in check:
         claims[f"conversion_T{check['T']}_gap"] = check["gap"]
-        claims[f"conversion_T{check['T']}_within_1pt"] = abs(check["gap"]) <= 0.01
+        claims[f"conversion_T{check['T']}_within_1pt"] = _at_most(abs(check["gap"]), 0.01)
     results.update(
         {
             "conversion_check": check,
             "conversion_scale": r.get("conversion_scale", {}),
+            "finetune": r.get("finetune", {}),
             "claims": claims,
             "eps": cfg.eval.eps,
             "norm": cfg.eval.norm,
