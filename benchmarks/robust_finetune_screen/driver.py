@@ -123,6 +123,12 @@ def finish(p, job, dev, t):
     log(f"done {job['name']} {dev} rc={p.returncode} wall={wall:.0f} gap={rec.get('gap')}")
 
 
+def eligible(job, dev):
+    if job["kind"] == "base":
+        return dev == GDEV
+    return job["seed"] in (0, 1, 2) or job["seed"] in done_base
+
+
 while True:
     now = time.time() - T0
     for pid, (p, job, dev, t, _) in list(running.items()):
@@ -131,12 +137,6 @@ while True:
             finish(p, job, dev, t)
     if now > KILL:
         break
-
-    def eligible(job, dev):
-        if job["kind"] == "base":
-            return dev == GDEV
-        return job["seed"] in (0, 1, 2) or job["seed"] in done_base
-
     for pool, dev, slots, stop in (("gpu", GDEV, GPU_SLOTS, STOP_GPU), ("cpu", "cpu", CPU_SLOTS, STOP_CPU)):
         while now < stop and sum(1 for v in running.values() if v[4] == pool) < slots:
             pick = next((j for j in jobs if eligible(j, dev)), None)
